@@ -1,0 +1,62 @@
+"""Log-space parameterization W = exp(A), H = exp(B) and initializations."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from lrfactor.problems import Problem
+
+
+class Factors(NamedTuple):
+    """Log-factors. Arrays may carry a leading seed axis."""
+
+    A: jax.Array  # (n, r) log W
+    B: jax.Array  # (m, r) log H
+
+
+def nonneg(p: Factors) -> tuple[jax.Array, jax.Array]:
+    """The non-negative factors (W, H) = (exp A, exp B)."""
+    return jnp.exp(p.A), jnp.exp(p.B)
+
+
+def predict(p: Factors) -> jax.Array:
+    """Dense prediction W Hᵀ, shape (n, m)."""
+    W, H = nonneg(p)
+    return W @ jnp.swapaxes(H, -1, -2)
+
+
+def from_nonneg(W, H, floor: float = 1e-30) -> Factors:
+    """Log-factors of non-negative factors; entries are floored so the logs stay finite."""
+    return Factors(jnp.log(jnp.maximum(W, floor)), jnp.log(jnp.maximum(H, floor)))
+
+
+INITS = ("keras", "scaled")
+
+
+def init_factors(key: jax.Array, problem: Problem, rank: int, scheme: str = "keras") -> Factors:
+    """Initial log-factors for one problem (no seed axis).
+
+    - ``keras``: A, B ~ U(-0.05, 0.05), Keras' default embedding init, as in the
+      question. All components start almost equal: a saddle of the permutation
+      symmetry (DESIGN.md §2).
+    - ``scaled``: A, B ~ N(c, 1) with c chosen so that the mean prediction
+      r·exp(2c + 1) matches the mean observed value. Breaks the symmetry and
+      starts at the data's scale.
+    """
+    n, m = problem.V.shape
+    dtype = problem.V.dtype
+    ka, kb = jax.random.split(key)
+    if scheme == "keras":
+        A = jax.random.uniform(ka, (n, rank), dtype, -0.05, 0.05)
+        B = jax.random.uniform(kb, (m, rank), dtype, -0.05, 0.05)
+    elif scheme == "scaled":
+        mean = jnp.sum(jnp.where(problem.train, problem.V, 0.0)) / jnp.sum(problem.train)
+        c = 0.5 * (jnp.log(jnp.maximum(mean, 1e-12) / rank) - 1.0)
+        A = c + jax.random.normal(ka, (n, rank), dtype)
+        B = c + jax.random.normal(kb, (m, rank), dtype)
+    else:
+        raise ValueError(f"unknown init {scheme!r}; known: {', '.join(INITS)}")
+    return Factors(A, B)

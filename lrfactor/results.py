@@ -1,0 +1,108 @@
+"""Saved runs: atomic writes, the CONTRACT.md files, and loading them back.
+
+Every file is written to a temporary name in the same folder and moved into
+place with ``os.replace``, so a crash never leaves a half-written file that
+looks complete.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import platform
+import tempfile
+from typing import Any
+
+import numpy as np
+
+
+def _atomic_write_bytes(path: str, data: bytes) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _jsonable(x: Any):
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray) or hasattr(x, "__array__"):
+        return _jsonable(np.asarray(x).tolist())
+    if isinstance(x, (np.floating,)):
+        return float(x)
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (np.bool_,)):
+        return bool(x)
+    if isinstance(x, float) and not np.isfinite(x):
+        return None if np.isnan(x) else ("inf" if x > 0 else "-inf")
+    return x
+
+
+def write_json(path: str, obj: Any) -> None:
+    _atomic_write_bytes(path, (json.dumps(_jsonable(obj), indent=2) + "\n").encode())
+
+
+def read_json(path: str) -> Any:
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_npz(path: str, **arrays) -> None:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+    _atomic_write_bytes(path, buf.getvalue())
+
+
+def read_npz(path: str) -> dict:
+    with np.load(path, allow_pickle=False) as f:
+        return {k: f[k] for k in f.files}
+
+
+def environment() -> dict:
+    """Library versions, device and precision: recorded with every run and benchmark."""
+    import importlib.metadata as md
+
+    import jax
+
+    versions = {}
+    for pkg in ("jax", "jaxlib", "optax", "numpy", "matplotlib", "matfree"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            versions[pkg] = None
+    devs = jax.devices()
+    return {
+        "versions": versions,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "devices": {"count": len(devs), "kind": devs[0].device_kind, "platform": devs[0].platform},
+        "x64": bool(jax.config.jax_enable_x64),
+        "cpu_count": os.cpu_count(),
+    }
+
+
+def load_run(folder: str) -> dict:
+    """Everything a saved run holds (missing optional files are absent from the dict)."""
+    run = {"config": read_json(os.path.join(folder, "config.json"))}
+    for name in ("summary.json",):
+        p = os.path.join(folder, name)
+        if os.path.exists(p):
+            run["summary"] = read_json(p)
+    for name in ("history", "factors", "hessian", "predictions"):
+        p = os.path.join(folder, name + ".npz")
+        if os.path.exists(p):
+            run[name] = read_npz(p)
+    return run

@@ -1,0 +1,41 @@
+"""Solver registry: ``make_solver(cfg, info)`` builds any solver by name.
+
+``info`` holds host-side facts about the problem batch that fix static shapes
+(``n_train_max``: the largest training-set size over the seeds).
+"""
+
+from __future__ import annotations
+
+from lrfactor.solvers.base import Solver
+
+
+def _gauss_newton(cfg, info):
+    from lrfactor.solvers.gauss_newton import make_gauss_newton
+
+    return make_gauss_newton(
+        loss=cfg.loss, l2=cfg.l2, rank=cfg.rank, init=cfg.init, method=cfg.method,
+        damping=cfg.damping, lambda0=cfg.lambda0, inner=cfg.inner,
+        ftol=cfg.ftol, gtol=cfg.gtol, xtol=cfg.xtol,
+    )
+
+
+def _first_order(cfg, info):
+    from lrfactor.solvers.first_order import make_first_order
+
+    return make_first_order(cfg, info["n_train_max"])
+
+
+SOLVERS = {
+    "gauss_newton": _gauss_newton,
+    "adam": _first_order,
+    "sgd": _first_order,
+}
+
+
+def make_solver(cfg, info) -> Solver:
+    if cfg.solver not in SOLVERS:
+        raise ValueError(f"unknown solver {cfg.solver!r}; known: {', '.join(sorted(SOLVERS))}")
+    return SOLVERS[cfg.solver](cfg, info)
+
+
+__all__ = ["Solver", "SOLVERS", "make_solver"]

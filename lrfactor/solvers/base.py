@@ -1,0 +1,32 @@
+"""The solver interface every method implements, optax style.
+
+A solver is a bundle of pure functions. Its state is a NamedTuple with at least
+``params`` (the current parameters, for factor methods the log-factors
+``Factors(A, B)``) and ``done`` (a bool scalar: converged or stopped early; the
+driver freezes a done seed). One driver (lrfactor/driver.py) runs every solver as
+``jit(vmap(scan(step)))`` over seeds.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+
+from lrfactor.problems import Problem
+
+Params = Any
+State = Any
+
+
+class Solver(NamedTuple):
+    """Pure functions of one seed; the driver vmaps them."""
+
+    name: str
+    init_params: Callable[[jax.Array, Problem], Params]  # (key, problem) -> params: the blind start
+    init: Callable[[Params, Problem, jax.Array], State]  # (params, problem, key) -> state
+    step: Callable[[State, Problem], State]  # one solver step (an epoch, a sweep, an iteration)
+    predict: Callable[[Params, Problem], jax.Array]  # dense (n, m) prediction of V
+    objective: Callable[[Params, Problem], jax.Array]  # the training objective it minimises
+    # Extra per-step scalars recorded into history.npz (name -> fn(state) -> scalar).
+    extras: tuple = ()

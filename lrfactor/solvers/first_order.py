@@ -1,0 +1,223 @@
+"""Minibatch first-order training through optax, faithful to the question's Keras run.
+
+One ``step`` is one epoch: the observed entries are reshuffled, cut into
+minibatches of ``batch_size`` (the last one partial) and the optimizer takes one
+update per minibatch on
+
+    mean_batch (W_i·H_j − V_ij)² + l2·(ΣA² + ΣB²)
+
+(Keras adds an embedding regularizer over the whole table to every batch loss).
+After the epoch the two Keras callbacks of the question act, with Keras'
+semantics:
+
+- ``ReduceLROnPlateau(patience, min_delta, min_lr)`` monitors ``val_loss`` (the
+  held-out MSE plus the penalty, as Keras evaluates it): after ``patience``
+  epochs without an improvement of more than ``min_delta`` the learning rate is
+  multiplied by ``factor``, not below ``min_lr``. This is
+  ``optax.contrib.reduce_on_plateau`` fed once per epoch with ``atol=min_delta``,
+  ``rtol=0``.
+- ``EarlyStopping(monitor='loss', patience, min_delta, restore_best_weights)``
+  monitors the epoch's training loss (the size-weighted mean of the batch
+  losses); an epoch improves when ``loss + min_delta < best``. After
+  ``patience`` epochs without improvement the seed is done and its parameters
+  are restored to those of the best epoch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+import optax.contrib
+
+from lrfactor import factors as fac
+from lrfactor import losses
+from lrfactor.problems import Problem
+from lrfactor.solvers.base import Solver
+
+
+class KerasCallbacks(NamedTuple):
+    """EarlyStopping + ReduceLROnPlateau bookkeeping (scalars per seed)."""
+
+    plateau: Any  # optax.contrib ReduceLROnPlateauState; .scale multiplies the base lr
+    best_loss: jax.Array  # () EarlyStopping's best monitored training loss
+    wait: jax.Array  # () epochs since the last improvement
+    epoch: jax.Array  # () epochs finished
+
+
+class FirstOrderState(NamedTuple):
+    params: Any  # model parameters (Factors for the factor model)
+    opt_state: Any  # optax state (inject_hyperparams: .hyperparams['learning_rate'])
+    best_params: Any  # parameters at EarlyStopping's best epoch (restore_best_weights)
+    callbacks: KerasCallbacks
+    loss: jax.Array  # () the epoch's training loss, as Keras logs 'loss'
+    val_loss: jax.Array  # () held-out MSE + penalty, as Keras logs 'val_loss'
+    key: jax.Array  # PRNG key for the next epoch's shuffle
+    done: jax.Array  # () bool: early stopping fired
+
+
+def plateau_transform(factor: float, patience: int, min_delta: float, base_lr: float, min_lr: float):
+    return optax.contrib.reduce_on_plateau(
+        factor=factor, patience=patience, rtol=0.0, atol=min_delta, min_scale=min_lr / base_lr
+    )
+
+
+def init_callbacks(params, plateau) -> KerasCallbacks:
+    return KerasCallbacks(
+        plateau=plateau.init(params),
+        best_loss=jnp.asarray(jnp.inf, jnp.zeros(()).dtype),
+        wait=jnp.asarray(0, jnp.int32),
+        epoch=jnp.asarray(0, jnp.int32),
+    )
+
+
+def end_of_epoch(cb: KerasCallbacks, plateau, params, best_params, loss, val_loss, patience, min_delta, early_stopping):
+    """Apply both callbacks after an epoch. Returns (callbacks, best_params, params, done)."""
+    _, pstate = plateau.update(jax.tree.map(jnp.zeros_like, params), cb.plateau, params, value=val_loss)
+    improved = loss + min_delta < cb.best_loss  # Keras: monitor_op(current - min_delta, best), min_delta negated
+    best_loss = jnp.where(improved, loss, cb.best_loss)
+    # Keras stores the weights at the first epoch too (best_weights is None then).
+    keep = improved | (cb.epoch == 0)
+    best_params = jax.tree.map(lambda new, old: jnp.where(keep, new, old), params, best_params)
+    wait = jnp.where(improved, 0, cb.wait + 1)
+    done = early_stopping & (wait >= patience) & (cb.epoch > 0)
+    params = jax.tree.map(lambda b, p: jnp.where(done, b, p), best_params, params)
+    return KerasCallbacks(pstate, best_loss, wait, cb.epoch + 1), best_params, params, done
+
+
+def shuffled_batches(key, train_mask, n_batches: int, batch_size: int):
+    """A random order of the training entries cut into ``n_batches`` minibatches.
+
+    Returns flat indices (n_batches, batch_size) and a validity mask: entries
+    past the seed's number of training entries are padding (the last batch is
+    partial, as in Keras; an all-padding batch is skipped).
+    """
+    flat = train_mask.reshape(-1)
+    score = jnp.where(flat, jax.random.uniform(key, flat.shape), 2.0)
+    order = jnp.argsort(score)
+    total = n_batches * batch_size
+    order = jnp.pad(order, (0, max(0, total - order.shape[0])))[:total]
+    valid = jnp.arange(total) < jnp.sum(flat)
+    return order.reshape(n_batches, batch_size), valid.reshape(n_batches, batch_size)
+
+
+def make_optimizer(name: str, lr: float, momentum: float = 0.9):
+    """An optax optimizer by name with an injectable learning rate.
+
+    ``adam`` uses Keras' epsilon 1e-7; ``sgd`` is heavy-ball momentum (Keras SGD).
+    Any other optax alias taking ``learning_rate`` works by name.
+    """
+    if name == "adam":
+        return optax.inject_hyperparams(optax.adam)(learning_rate=lr, eps=1e-7)
+    if name == "sgd":
+        return optax.inject_hyperparams(optax.sgd)(learning_rate=lr, momentum=momentum)
+    fn = getattr(optax, name, None)
+    if fn is None or not callable(fn):
+        raise ValueError(f"unknown optax optimizer {name!r}")
+    return optax.inject_hyperparams(fn)(learning_rate=lr)
+
+
+def make_minibatch_trainer(
+    *,
+    name: str,
+    init_params: Callable,
+    entry_loss: Callable,  # (params, rows, cols, V, valid) -> (sum of squared errors over valid entries)
+    penalty: Callable,  # params -> regularization term added to every batch loss
+    predict: Callable,  # (params, problem) -> (n, m)
+    optimizer,
+    n_batches: int,
+    batch_size: int,
+    base_lr: float,
+    cfg,
+) -> Solver:
+    """Keras-style epoch training of any model given by its per-entry loss."""
+    plateau = plateau_transform(cfg.plateau_factor, cfg.plateau_patience, cfg.plateau_min_delta, base_lr, cfg.min_lr)
+
+    def objective(params, problem: Problem):
+        return jnp.asarray(losses.masked_mse(predict(params, problem), problem.V, problem.train) + penalty(params))
+
+    def init(params, problem: Problem, key):
+        del problem
+        return FirstOrderState(
+            params=params,
+            opt_state=optimizer.init(params),
+            best_params=params,
+            callbacks=init_callbacks(params, plateau),
+            loss=jnp.asarray(jnp.nan, jnp.zeros(()).dtype),
+            val_loss=jnp.asarray(jnp.nan, jnp.zeros(()).dtype),
+            key=key,
+            done=jnp.asarray(False),
+        )
+
+    def step(state: FirstOrderState, problem: Problem) -> FirstOrderState:
+        key, sub = jax.random.split(state.key)
+        m = problem.V.shape[1]
+        idx, valid = shuffled_batches(sub, problem.train, n_batches, batch_size)
+        lr = base_lr * state.callbacks.plateau.scale
+        hyper = state.opt_state.hyperparams
+        opt_state = state.opt_state._replace(
+            hyperparams={**hyper, "learning_rate": jnp.asarray(lr, hyper["learning_rate"].dtype)}
+        )
+        Vflat = problem.V.reshape(-1)
+
+        def batch(carry, xs):
+            params, opt_state, loss_sum, count = carry
+            bidx, bvalid = xs
+            rows, cols = bidx // m, bidx % m
+            nb = jnp.sum(bvalid)
+
+            def batch_loss(p):
+                return entry_loss(p, rows, cols, Vflat[bidx], bvalid) / jnp.maximum(nb, 1) + penalty(p)
+
+            loss, grads = jax.value_and_grad(batch_loss)(params)
+            updates, new_opt = optimizer.update(grads, opt_state, params)
+            new_params = optax.apply_updates(params, updates)
+            use = nb > 0
+            params = jax.tree.map(lambda a, b: jnp.where(use, a, b), new_params, params)
+            opt_state = jax.tree.map(lambda a, b: jnp.where(use, a, b), new_opt, opt_state)
+            return (params, opt_state, loss_sum + jnp.where(use, loss * nb, 0.0), count + nb), None
+
+        zero = jnp.zeros((), state.loss.dtype)
+        (params, opt_state, loss_sum, count), _ = jax.lax.scan(
+            batch, (state.params, opt_state, zero, zero), (idx, valid)
+        )
+        loss = loss_sum / count
+        val_loss = losses.masked_mse(predict(params, problem), problem.V, problem.val) + penalty(params)
+        callbacks, best_params, params, done = end_of_epoch(
+            state.callbacks, plateau, params, state.best_params, loss, val_loss,
+            cfg.patience, cfg.min_delta, cfg.early_stopping,
+        )
+        return FirstOrderState(params, opt_state, best_params, callbacks, loss, val_loss, key, done)
+
+    extras = (
+        ("loss", lambda s: s.loss),
+        ("val_loss", lambda s: s.val_loss),
+        ("lr", lambda s: s.opt_state.hyperparams["learning_rate"]),
+    )
+    return Solver(name=name, init_params=init_params, init=init, step=step, predict=predict,
+                  objective=objective, extras=extras)
+
+
+def factor_entry_loss(p: fac.Factors, rows, cols, v, valid):
+    """Σ over valid entries of (Σ_k exp(A_ik + B_jk) − V_ij)², the question's embedding model."""
+    pred = jnp.sum(jnp.exp(p.A[rows] + p.B[cols]), axis=-1)
+    return jnp.sum(jnp.where(valid, (pred - v) ** 2, 0.0))
+
+
+def make_first_order(cfg, n_train_max: int) -> Solver:
+    """The question's embedding model trained by an optax optimizer (adam, sgd, ...)."""
+    n_batches = -(-n_train_max // cfg.batch_size)
+    return make_minibatch_trainer(
+        name=cfg.solver,
+        init_params=lambda key, problem: fac.init_factors(key, problem, cfg.rank, cfg.init),
+        entry_loss=factor_entry_loss,
+        penalty=lambda p: cfg.l2 * losses.l2_penalty(p),
+        predict=lambda p, problem: fac.predict(p),
+        optimizer=make_optimizer(cfg.optimizer, cfg.lr, cfg.momentum),
+        n_batches=n_batches,
+        batch_size=cfg.batch_size,
+        base_lr=cfg.lr,
+        cfg=cfg,
+    )

@@ -1,0 +1,18 @@
+"""Small problems shared by the tests."""
+
+import jax
+import jax.numpy as jnp
+
+from lrfactor.problems import Problem, SyntheticConfig, make_synthetic
+
+
+def small_problem(seed=0, n=13, m=7, true_rank=3, observed=0.6, noise=0.0):
+    cfg = SyntheticConfig(n=n, m=m, true_rank=true_rank, observed=observed, noise=noise)
+    problem, truth = make_synthetic(jax.random.PRNGKey(seed), cfg, jnp.float64)
+    return problem, truth
+
+
+def full_problem(V):
+    V = jnp.asarray(V)
+    ones = jnp.ones(V.shape, bool)
+    return Problem(V=V, train=ones, val=~ones)

@@ -1,0 +1,108 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lrfactor.factors import Factors, init_factors, predict
+from lrfactor.solvers import gauss_newton as gn
+from tests.helpers import full_problem, small_problem
+
+
+def dense_reference(p, problem, loss, l2, lam, D):
+    """(JᵀΩJ + 2c·l2·I + λ diag(D)) Δ = −g by a dense solve, J from jax.jacfwd."""
+    n, r = p.A.shape
+    m = p.B.shape[0]
+    F = lambda th: gn.scaled_objective(Factors(th[: n * r].reshape(n, r), th[n * r:].reshape(m, r)), problem, loss, l2)
+    th = jnp.concatenate([p.A.ravel(), p.B.ravel()])
+    g = jax.grad(F)(th)
+    pred = lambda th: jnp.exp(th[: n * r].reshape(n, r)) @ jnp.exp(th[n * r:].reshape(m, r)).T
+    J = jax.jacfwd(pred)(th).reshape(n * m, -1)
+    P = pred(th).ravel()
+    M = problem.train.ravel()
+    om = jnp.where(M, 1.0 if loss == "frobenius" else 1 / P, 0.0)
+    pen = 2 * gn._scale(problem, loss) * l2
+    JJ = J.T @ (om[:, None] * J) + pen * jnp.eye(th.size)
+    return jnp.linalg.solve(JJ + lam * jnp.diag(D(JJ)), -g), g
+
+
+@pytest.mark.parametrize("loss", ["frobenius", "kl"])
+@pytest.mark.parametrize("shape", [(13, 7), (6, 11)])
+@pytest.mark.parametrize("damping", ["levenberg", "marquardt"])
+def test_schur_step_equals_dense_solve(loss, shape, damping):
+    n, m = shape
+    problem, _ = small_problem(seed=1, n=n, m=m, true_rank=4)
+    p = init_factors(jax.random.PRNGKey(2), problem, 3, "scaled")
+    l2, lam = 0.01, 0.3
+    Dfun = (lambda JJ: jnp.ones(JJ.shape[0])) if damping == "levenberg" else (
+        lambda JJ: jnp.clip(jnp.diag(JJ) - 2 * gn._scale(problem, loss) * l2, gn.MIN_DIAG, gn.MAX_DIAG))
+    ref, g = dense_reference(p, problem, loss, l2, lam, Dfun)
+    flip = n < m
+    X, Y, V, M = (p.B, p.A, problem.V.T, problem.train.T) if flip else (p.A, p.B, problem.V, problem.train)
+    W, H = jnp.exp(X), jnp.exp(Y)
+    pen = gn._scale(problem, loss) * l2
+    psi, omega = gn._psi_omega(W @ H.T, V, M, loss)
+    gX, gY = gn.gradient(W, H, psi, X, Y, pen)
+    U, S = gn.normal_blocks(W, H, omega)
+    if damping == "levenberg":
+        DX, DY = jnp.ones_like(X), jnp.ones_like(Y)
+    else:
+        DX = jnp.clip(jnp.diagonal(U, axis1=1, axis2=2), gn.MIN_DIAG, gn.MAX_DIAG)
+        DY = jnp.clip(jnp.diagonal(S, axis1=1, axis2=2), gn.MIN_DIAG, gn.MAX_DIAG)
+    dX, dY, _ = gn.damped_step(W, H, omega, gX, gY, U, S, 2 * pen + lam * DX, 2 * pen + lam * DY, row_block=4)
+    dA, dB = (dY, dX) if flip else (dX, dY)
+    got = jnp.concatenate([dA.ravel(), dB.ravel()])
+    gA, gB = (gY, gX) if flip else (gX, gY)
+    np.testing.assert_allclose(jnp.concatenate([gA.ravel(), gB.ravel()]), g, rtol=1e-10, atol=1e-12)
+    assert float(jnp.max(jnp.abs(got - ref)) / jnp.max(jnp.abs(ref))) < 1e-10
+
+
+def test_schur_row_blocks_do_not_change_result():
+    problem, _ = small_problem(seed=3, n=10, m=5)
+    p = init_factors(jax.random.PRNGKey(0), problem, 2, "scaled")
+    W, H = jnp.exp(p.A), jnp.exp(p.B)
+    _, omega = gn._psi_omega(W @ H.T, problem.V, problem.train, "frobenius")
+    U, _ = gn.normal_blocks(W, H, omega)
+    L = jnp.linalg.cholesky(U + 0.1 * jnp.eye(2))
+    a = gn.schur_product(L, W, H, omega, 3)  # 10 rows in padded blocks of 3
+    b = gn.schur_product(L, W, H, omega, 10)
+    np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_balance_gauge_keeps_prediction_and_minimises_penalty():
+    problem, _ = small_problem()
+    p = init_factors(jax.random.PRNGKey(0), problem, 3, "scaled")
+    p = Factors(p.A + 1.0, p.B - 3.0)
+    q = gn.balance_gauge(p)
+    np.testing.assert_allclose(predict(q), predict(p), rtol=1e-12)
+    pen = lambda c: jnp.sum((q.A + c) ** 2) + jnp.sum((q.B - c) ** 2)
+    for k in range(3):  # d/dc of the penalty along each gauge direction is 0
+        assert abs(float(jax.grad(lambda c: pen(jnp.zeros(3).at[k].set(c)))(0.0))) < 1e-9
+
+
+@pytest.mark.parametrize("method", ["joint", "joint_epi", "varpro"])
+def test_never_increases_objective(method):
+    problem, _ = small_problem(seed=4, n=30, m=12, true_rank=4)
+    solver = gn.make_gauss_newton(rank=3, method=method, init="keras")
+    state = solver.init(solver.init_params(jax.random.PRNGKey(0), problem), problem, None)
+    step = jax.jit(solver.step)
+    F = [float(state.F)]
+    for _ in range(25):
+        state = step(state, problem)
+        F.append(float(state.F))
+    assert np.all(np.diff(F) <= 0)
+    assert F[-1] < F[0]
+    np.testing.assert_allclose(state.F, gn.scaled_objective(state.params, problem, "frobenius", 0.0), rtol=1e-10)
+
+
+def test_exact_low_rank_fully_observed_is_fitted():
+    key = jax.random.PRNGKey(5)
+    W = jnp.exp(jax.random.normal(key, (20, 3)))
+    H = jnp.exp(jax.random.normal(jax.random.PRNGKey(6), (8, 3)))
+    problem = full_problem(W @ H.T)
+    solver = gn.make_gauss_newton(rank=3, method="joint", init="scaled", ftol=0.0, xtol=0.0, gtol=0.0)
+    state = solver.init(solver.init_params(jax.random.PRNGKey(1), problem), problem, None)
+    step = jax.jit(solver.step)
+    for _ in range(200):
+        state = step(state, problem)
+    rel = jnp.linalg.norm(predict(state.params) - problem.V) / jnp.linalg.norm(problem.V)
+    assert float(rel) < 1e-8

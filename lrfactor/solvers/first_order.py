@@ -25,7 +25,7 @@ semantics:
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -123,7 +123,7 @@ def make_minibatch_trainer(
     *,
     name: str,
     init_params: Callable,
-    entry_loss: Callable,  # (params, rows, cols, V, valid) -> (sum of squared errors over valid entries)
+    entry_loss: Callable,  # (params, rows, cols, V, valid) -> sum of squared errors over valid entries (, aux)
     penalty: Callable,  # params -> regularization term added to every batch loss
     predict: Callable,  # (params, problem) -> (n, m)
     optimizer,
@@ -131,8 +131,17 @@ def make_minibatch_trainer(
     batch_size: int,
     base_lr: float,
     cfg,
+    update_state: Optional[Callable] = None,
 ) -> Solver:
-    """Keras-style epoch training of any model given by its per-entry loss."""
+    """Keras-style epoch training of any model given by its per-entry loss.
+
+    With ``update_state`` the model carries non-trainable state inside its
+    params (e.g. BatchNorm running statistics): ``entry_loss`` then returns
+    ``(sum of squared errors, aux)`` and after each optimizer update the params
+    become ``update_state(params, aux)``, as Keras assigns the moving statistics
+    in the forward pass of every training batch. That state must not enter the
+    training-mode loss, so its gradient, and the optimizer's update of it, is 0.
+    """
     plateau = plateau_transform(cfg.plateau_factor, cfg.plateau_patience, cfg.plateau_min_delta, base_lr, cfg.min_lr)
 
     def objective(params, problem: Problem):
@@ -169,11 +178,20 @@ def make_minibatch_trainer(
             nb = jnp.sum(bvalid)
 
             def batch_loss(p):
-                return entry_loss(p, rows, cols, Vflat[bidx], bvalid) / jnp.maximum(nb, 1) + penalty(p)
+                out = entry_loss(p, rows, cols, Vflat[bidx], bvalid)
+                if update_state is None:
+                    return out / jnp.maximum(nb, 1) + penalty(p)
+                sse, aux = out
+                return sse / jnp.maximum(nb, 1) + penalty(p), aux
 
-            loss, grads = jax.value_and_grad(batch_loss)(params)
+            if update_state is None:
+                loss, grads = jax.value_and_grad(batch_loss)(params)
+            else:
+                (loss, aux), grads = jax.value_and_grad(batch_loss, has_aux=True)(params)
             updates, new_opt = optimizer.update(grads, opt_state, params)
             new_params = optax.apply_updates(params, updates)
+            if update_state is not None:
+                new_params = update_state(new_params, aux)
             use = nb > 0
             params = jax.tree.map(lambda a, b: jnp.where(use, a, b), new_params, params)
             opt_state = jax.tree.map(lambda a, b: jnp.where(use, a, b), new_opt, opt_state)

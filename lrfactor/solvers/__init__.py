@@ -25,10 +25,31 @@ def _first_order(cfg, info):
     return make_first_order(cfg, info["n_train_max"])
 
 
+def _hals(cfg, info):
+    from lrfactor.solvers.nmf import make_hals
+
+    return make_hals(rank=cfg.rank, init=cfg.init, eps=cfg.eps, ftol=cfg.ftol, l2=cfg.l2)
+
+
+def _mu(cfg, info):
+    from lrfactor.solvers.nmf import make_mu
+
+    return make_mu(rank=cfg.rank, loss=cfg.loss, init=cfg.init, eps=cfg.eps, ftol=cfg.ftol, l2=cfg.l2)
+
+
+def _mlp(cfg, info):
+    from lrfactor.solvers.mlp import make_mlp
+
+    return make_mlp(cfg, info["n_train_max"])
+
+
 SOLVERS = {
     "gauss_newton": _gauss_newton,
     "adam": _first_order,
     "sgd": _first_order,
+    "hals": _hals,
+    "mu": _mu,
+    "mlp": _mlp,
 }
 
 

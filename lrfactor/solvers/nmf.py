@@ -1,0 +1,200 @@
+"""Classical masked NMF baselines: HALS and Lee–Seung multiplicative updates.
+
+These are what a practitioner would reach for instead of a gradient-based fit
+(DESIGN.md §4). Both work on the non-negative factors W (n × r), H (m × r)
+directly, floored at ε > 0 so that the log-factors ``A = log W``, ``B = log H``
+that every solver reports stay finite. M is the training mask; entries off M
+never enter an update (``jnp.where``, never a product with the mask, so even a
+NaN off the mask cannot leak in).
+
+**Masked HALS** (hierarchical alternating least squares; Cichocki & Phan 2009,
+Gillis & Glineur 2012) with the residual E = M ∘ (V − W Hᵀ) kept up to date in
+place. For each column k in turn,
+
+    w_k ← max(ε, w_k + (E h_k) ⊘ (M (h_k ∘ h_k))),     E ← E − M ∘ ((w_k' − w_k) h_kᵀ)
+
+then the same for every h_k with Eᵀ and W. Row i of w_k decouples from the
+others, and the update is the exact minimiser over [ε, ∞) of the 1-D quadratic
+Σ_j M_ij (E_ij + w_ik h_jk − w h_jk)², so the masked MSE never increases.
+
+**Multiplicative updates** (Lee & Seung 2001), masked, with the floor
+max(ε, ·) of Gillis & Glineur (2012), which keeps their monotonicity:
+
+    frobenius:  W ← max(ε, W ∘ [(M∘V) H] ⊘ [(M∘W Hᵀ) H])
+    kl:         W ← max(ε, W ∘ [(M∘V⊘W Hᵀ) H] ⊘ [M H])
+
+and the same for H with the roles swapped (Frobenius: masked MSE; KL: the mean
+generalized KL divergence of :func:`lrfactor.losses.kl_divergence`). Each is a
+majorise–minimise step on a separable auxiliary function; the floor projects
+each 1-D minimiser onto [ε, ∞), which still lowers the auxiliary function.
+
+One ``step`` is one full sweep: every column of W, then every column of H
+(HALS), or W then H (MU). A seed is ``done`` when the relative decrease of its
+loss over a sweep falls to ``ftol`` or below (a stall, or rounding noise at an
+exact fit). Neither method has an L2 term on the log-parameters; ``l2`` must be 0.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from lrfactor import factors as fac
+from lrfactor import losses
+from lrfactor.factors import Factors
+from lrfactor.problems import Problem
+from lrfactor.solvers.base import Solver
+
+
+class HALSState(NamedTuple):
+    params: Factors  # log-factors A = log W (n, r), B = log H (m, r)
+    W: jax.Array  # (n, r) non-negative factor, entries >= eps
+    H: jax.Array  # (m, r) non-negative factor, entries >= eps
+    E: jax.Array  # (n, m) residual M ∘ (V − W Hᵀ), updated in place per column
+    loss: jax.Array  # () masked MSE at (W, H)
+    done: jax.Array  # () bool: relative decrease over the last sweep <= ftol
+
+
+class MUState(NamedTuple):
+    params: Factors  # log-factors A = log W (n, r), B = log H (m, r)
+    W: jax.Array  # (n, r) non-negative factor, entries >= eps
+    H: jax.Array  # (m, r) non-negative factor, entries >= eps
+    loss: jax.Array  # () the loss minimised (masked MSE or mean generalized KL) at (W, H)
+    done: jax.Array  # () bool: relative decrease over the last sweep <= ftol
+
+
+def _check(l2: float, eps: float):
+    if l2 != 0.0:
+        raise ValueError(f"hals and mu minimise the plain loss: l2 must be 0, got {l2}")
+    if not eps > 0:
+        raise ValueError(f"the factor floor eps must be > 0, got {eps}")
+
+
+def _start(params: Factors, eps: float):
+    W, H = fac.nonneg(params)
+    return jnp.maximum(W, eps), jnp.maximum(H, eps)
+
+
+def _stalled(old, new, ftol: float):
+    """Relative decrease (old − new)/old <= ftol (also true for a non-finite loss)."""
+    return ~((old - new) > ftol * jnp.abs(old))
+
+
+def masked_residual(W, H, problem: Problem):
+    """E = M ∘ (V − W Hᵀ), exactly 0 off the training mask."""
+    return jnp.where(problem.train, problem.V - W @ H.T, 0.0)
+
+
+def hals_half_sweep(W, H, E, mask, eps: float):
+    """Update every column of W in turn (H, E given, E = M ∘ (V − W Hᵀ)).
+
+    Returns the new (W, E). The H half-sweep is the same call on the transposes.
+    """
+    Mf = mask.astype(W.dtype)
+
+    def column(carry, k):
+        W, E = carry
+        w = jax.lax.dynamic_index_in_dim(W, k, axis=1, keepdims=False)  # (n,)
+        h = jax.lax.dynamic_index_in_dim(H, k, axis=1, keepdims=False)  # (m,)
+        new = jnp.maximum(eps, w + (E @ h) / (Mf @ (h * h)))
+        E = E - jnp.where(mask, (new - w)[:, None] * h[None, :], 0.0)
+        W = jax.lax.dynamic_update_index_in_dim(W, new, k, axis=1)
+        return (W, E), None
+
+    (W, E), _ = jax.lax.scan(column, (W, E), jnp.arange(W.shape[1]))
+    return W, E
+
+
+def make_hals(*, rank: int, init: str = "keras", eps: float = 1e-12, ftol: float = 0.0,
+              l2: float = 0.0, name: str = "hals") -> Solver:
+    """Masked HALS on the masked MSE (see the module docstring)."""
+    _check(l2, eps)
+    scheme = init
+
+    def objective(params: Factors, problem: Problem):
+        return losses.train_mse(params, problem)
+
+    def init_state(params: Factors, problem: Problem, key):
+        del key
+        W, H = _start(params, eps)
+        E = masked_residual(W, H, problem)
+        loss = jnp.sum(E**2) / jnp.sum(problem.train)
+        return HALSState(fac.from_nonneg(W, H), W, H, E, loss, jnp.asarray(False))
+
+    def step(state: HALSState, problem: Problem) -> HALSState:
+        W, E = hals_half_sweep(state.W, state.H, state.E, problem.train, eps)
+        H, Et = hals_half_sweep(state.H, W, E.T, problem.train.T, eps)
+        E = Et.T
+        loss = jnp.sum(E**2) / jnp.sum(problem.train)
+        done = _stalled(state.loss, loss, ftol)
+        return HALSState(fac.from_nonneg(W, H), W, H, E, loss, done)
+
+    return Solver(
+        name=name,
+        init_params=lambda key, problem: fac.init_factors(key, problem, rank, scheme),
+        init=init_state,
+        step=step,
+        predict=lambda p, problem: fac.predict(p),
+        objective=objective,
+        extras=(("at_floor", lambda s: _floor_fraction(s.W, s.H, eps)),),
+    )
+
+
+def _floor_fraction(W, H, eps):
+    """Share of factor entries sitting at the floor ε (dead entries)."""
+    return (jnp.sum(W <= eps) + jnp.sum(H <= eps)) / (W.size + H.size)
+
+
+def mu_update(W, H, V, mask, loss: str, eps: float):
+    """One multiplicative update of W with H fixed (transpose everything for H)."""
+    P = W @ H.T
+    if loss == "frobenius":
+        num = jnp.where(mask, V, 0.0) @ H
+        den = jnp.where(mask, P, 0.0) @ H
+    elif loss == "kl":
+        num = jnp.where(mask, V / jnp.where(mask, P, 1.0), 0.0) @ H
+        den = mask.astype(W.dtype) @ H
+    else:
+        raise ValueError(f"unknown loss {loss!r}; known: {', '.join(losses.LOSSES)}")
+    return jnp.maximum(eps, W * num / den)
+
+
+def make_mu(*, rank: int, loss: str = "frobenius", init: str = "keras", eps: float = 1e-12,
+            ftol: float = 0.0, l2: float = 0.0, name: str = "mu") -> Solver:
+    """Masked Lee–Seung multiplicative updates for ``loss`` (frobenius or kl)."""
+    _check(l2, eps)
+    if loss not in losses.LOSSES:
+        raise ValueError(f"unknown loss {loss!r}; known: {', '.join(losses.LOSSES)}")
+    scheme = init
+
+    def objective(params: Factors, problem: Problem):
+        return losses.objective(params, problem, loss)
+
+    def _loss_nonneg(W, H, problem):
+        pred = W @ H.T
+        if loss == "frobenius":
+            return losses.masked_mse(pred, problem.V, problem.train)
+        return losses.kl_divergence(pred, problem)
+
+    def init_state(params: Factors, problem: Problem, key):
+        del key
+        W, H = _start(params, eps)
+        return MUState(fac.from_nonneg(W, H), W, H, _loss_nonneg(W, H, problem), jnp.asarray(False))
+
+    def step(state: MUState, problem: Problem) -> MUState:
+        W = mu_update(state.W, state.H, problem.V, problem.train, loss, eps)
+        H = mu_update(state.H, W, problem.V.T, problem.train.T, loss, eps)
+        new = _loss_nonneg(W, H, problem)
+        return MUState(fac.from_nonneg(W, H), W, H, new, _stalled(state.loss, new, ftol))
+
+    return Solver(
+        name=name,
+        init_params=lambda key, problem: fac.init_factors(key, problem, rank, scheme),
+        init=init_state,
+        step=step,
+        predict=lambda p, problem: fac.predict(p),
+        objective=objective,
+        extras=(("at_floor", lambda s: _floor_fraction(s.W, s.H, eps)),),
+    )

@@ -46,10 +46,14 @@ class RunConfig:
     plateau_factor: float = 0.1  # ReduceLROnPlateau factor
     min_lr: float = 1e-4  # ReduceLROnPlateau min_lr
     # Gauss-Newton / Levenberg-Marquardt.
-    method: str = "varpro"  # varpro (variable projection), joint (joint LM), joint_epi (joint + embedded point iterations)
+    method: str = "joint"  # joint (joint LM), joint_epi (joint + embedded point iterations), varpro (variable projection)
     damping: str = "levenberg"  # levenberg (λI) or marquardt (λ·diag JᵀJ, floored and capped)
     lambda0: float = 1e-3  # initial damping, relative to the mean diagonal of JᵀJ
     inner: int = 3  # Gauss-Newton iterations for the eliminated rows (varpro, joint_epi)
+    newton_iters: int = 0  # Newton-CG iterations on the exact Hessian, preconditioned by the GN factorisation (0: pure GN)
+    lm_update: str = "nielsen"  # λ after an accepted step: nielsen (Ceres) or fast (×lam_down when ρ > 1/4)
+    lam_down: float = 0.2  # λ factor after a good step with lm_update=fast
+    geodesic: bool = False  # geodesic acceleration of the LM step (Transtrum & Sethna 2012)
     linear_solver: str = "dense"  # dense (Cholesky of the reduced system) or cg (PCG, block-Jacobi)
     cg_iters: int = 50  # PCG iteration cap (linear_solver=cg)
     ftol: float = 1e-10  # stop when the relative decrease of the objective over an accepted step is below this

@@ -46,7 +46,10 @@ def seed_keys(seeds) -> jax.Array:
 def prepare(cfg: RunConfig) -> Prepared:
     """Validate the config and build the problem batch. Raises ProblemError / ValueError."""
     seeds = list(range(cfg.seed, cfg.seed + cfg.seeds))
-    keys = seed_keys(seeds)
+    # The seed axis is sharded over all local devices: pad it to a multiple of
+    # their count with copies of the last seed; outputs keep the real seeds only.
+    pad = (-len(seeds)) % jax.local_device_count()
+    keys = seed_keys(seeds + seeds[-1:] * pad)
     dtype = jnp.float64 if cfg.precision == 64 else jnp.float32
     if cfg.data:
         problem, truth = load_npz(cfg.data, cfg.rank)
@@ -60,7 +63,7 @@ def prepare(cfg: RunConfig) -> Prepared:
     data_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)
     problem, truth = jax.jit(jax.vmap(lambda k: make_synthetic(k, sc, dtype)))(data_keys)
     train = np.asarray(problem.train)
-    for s, tr in zip(seeds, train):  # empty rows or columns in a drawn training mask
+    for s, tr in zip(seeds, train[: len(seeds)]):  # empty rows or columns in a drawn training mask
         check_problem(np.zeros(tr.shape), tr, None, cfg.rank, name=f"synthetic seed {s}")
     return Prepared(cfg, seeds, problem, 0, truth, keys)
 
@@ -78,7 +81,7 @@ def references(prep: Prepared) -> dict:
     ax = prep.problem_axis
     ref = jax.vmap(lambda p, t: reference_scores(p, t, cfg.rank), in_axes=(ax, ax))(prep.problem, prep.truth) \
         if ax == 0 else reference_scores(prep.problem, prep.truth, cfg.rank)
-    out = {k: _per_seed(v, S) for k, v in jax.device_get(ref).items()}
+    out = {k: _per_seed(v, S)[:S] for k, v in jax.device_get(ref).items()}
     if cfg.loss == "frobenius":
         out.update(oracle(prep))
     return out
@@ -123,7 +126,7 @@ def oracle(prep: Prepared, iters: int = 20) -> dict:
         tr, va = jax.jit(jax.vmap(polish))(start, prep.problem)
     else:
         tr, va = jax.jit(polish)(start, prep.problem)
-    return {"oracle_train_mse": _per_seed(jax.device_get(tr), S), "oracle_val_mse": _per_seed(jax.device_get(va), S)}
+    return {"oracle_train_mse": _per_seed(jax.device_get(tr), S)[:S], "oracle_val_mse": _per_seed(jax.device_get(va), S)[:S]}
 
 
 def build(prep: Prepared):
@@ -152,6 +155,7 @@ def build(prep: Prepared):
 
 def _summary(prep: Prepared, res_history, carry, refs, wall, compile_s, complete: bool) -> dict:
     cfg = prep.cfg
+    S = len(prep.seeds)
     final_train = res_history["train_mse"][:, -1]
     final_val = res_history["val_mse"][:, -1]
     summary = {
@@ -162,8 +166,8 @@ def _summary(prep: Prepared, res_history, carry, refs, wall, compile_s, complete
             "train_mse": final_train,
             "val_mse": final_val,
             "objective": res_history["objective"][:, -1],
-            "steps": np.asarray(carry.t),
-            "done": np.asarray(carry.state.done),
+            "steps": np.asarray(carry.t)[:S],
+            "done": np.asarray(carry.state.done)[:S],
         },
         "wall_s": wall,
         "compile_s": compile_s,

@@ -15,7 +15,8 @@ def _gauss_newton(cfg, info):
     return make_gauss_newton(
         loss=cfg.loss, l2=cfg.l2, rank=cfg.rank, init=cfg.init, method=cfg.method,
         damping=cfg.damping, lambda0=cfg.lambda0, inner=cfg.inner,
-        ftol=cfg.ftol, gtol=cfg.gtol, xtol=cfg.xtol,
+        ftol=cfg.ftol, gtol=cfg.gtol, xtol=cfg.xtol, newton_iters=cfg.newton_iters,
+        geodesic=cfg.geodesic, lm_update=cfg.lm_update, lam_down=cfg.lam_down,
     )
 
 
@@ -28,7 +29,7 @@ def _first_order(cfg, info):
 def _hals(cfg, info):
     from lrfactor.solvers.nmf import make_hals
 
-    return make_hals(rank=cfg.rank, init=cfg.init, eps=cfg.eps, ftol=cfg.ftol, l2=cfg.l2)
+    return make_hals(rank=cfg.rank, loss=cfg.loss, init=cfg.init, eps=cfg.eps, ftol=cfg.ftol, l2=cfg.l2)
 
 
 def _mu(cfg, info):

@@ -78,6 +78,7 @@ class GNState(NamedTuple):
     accepted: jax.Array  # () bool: whether the last step was accepted
     n_accepted: jax.Array  # () int: accepted steps so far
     grad_inf: jax.Array  # () max |g| at params
+    rho: jax.Array  # () gain ratio of the last step (actual / predicted decrease)
     done: jax.Array  # () bool: a stopping test fired
 
 
@@ -161,28 +162,88 @@ def schur_product(L, W, H, omega, row_block: int):
     return T.reshape(m * r, m * r)
 
 
+class SchurFactor(NamedTuple):
+    """Factorisation of the damped Gauss-Newton matrix, reusable for many right-hand sides."""
+
+    L: jax.Array  # (n, r, r) Cholesky factors of U'_i
+    R: jax.Array  # (m r, m r) Cholesky factor of the reduced matrix S' − Cᵀ U'⁻¹ C
+
+
+def factorize(W, H, omega, U, S, dA, dB, row_block: int = 128) -> SchurFactor:
+    """Factor JᵀΩJ + diag(dA, dB). ``dA`` (n, r) and ``dB`` (m, r) hold everything
+    added to the diagonal (penalty curvature, damping)."""
+    r = W.shape[1]
+    m = H.shape[0]
+    L = jnp.linalg.cholesky(_add_diag(U, dA))
+    red = -schur_product(L, W, H, omega, min(row_block, W.shape[0]))
+    idx = jnp.arange(m)
+    red = red.reshape(m, r, m, r).at[idx, :, idx, :].add(_add_diag(S, dB)).reshape(m * r, m * r)
+    return SchurFactor(L, jnp.linalg.cholesky(red))
+
+
+def schur_solve(f: SchurFactor, W, H, omega, bA, bB):
+    """(ΔA, ΔB, U'⁻¹ b_A) with (JᵀΩJ + diag(dA, dB)) (ΔA, ΔB) = (b_A, b_B).
+
+    ΔB = (S' − Cᵀ U'⁻¹ C)⁻¹ (b_B − Cᵀ U'⁻¹ b_A),  ΔA = U'⁻¹ (b_A − C ΔB).
+    """
+    m, r = H.shape
+    blocks = jax.vmap(lambda l, g: jsl.cho_solve((l, True), g))
+    z = blocks(f.L, bA)  # U'⁻¹ b_A
+    CtUb = ((omega * ((W * z) @ H.T)).T @ W) * H
+    dB = jsl.cho_solve((f.R, True), (bB - CtUb).reshape(-1)).reshape(m, r)
+    CdB = ((omega * (W @ (H * dB).T)) @ H) * W
+    return blocks(f.L, bA - CdB), dB, z
+
+
 def damped_step(W, H, omega, gA, gB, U, S, dA, dB, row_block: int = 128):
     """Solve (JᵀΩJ + diag(dA, dB)) (ΔA, ΔB) = −(g_A, g_B) by the Schur complement on B.
 
-    ``dA`` (n, r) and ``dB`` (m, r) hold everything added to the diagonal
-    (penalty curvature, damping). Returns (ΔA, ΔB, U'⁻¹ g_A); ΔA + U'⁻¹ g_A is
-    the part of ΔA that responds to ΔB alone (variable projection's linearised
-    A*(B + ΔB) − A).
+    Returns (ΔA, ΔB, −U'⁻¹ g_A); ΔA + U'⁻¹ g_A is the part of ΔA that responds
+    to ΔB alone (variable projection's linearised A*(B + ΔB) − A).
     """
-    n, r = W.shape
-    m = H.shape[0]
-    L = jnp.linalg.cholesky(_add_diag(U, dA))
-    Sp = _add_diag(S, dB)
-    red = -schur_product(L, W, H, omega, min(row_block, n))
-    idx = jnp.arange(m)
-    red = red.reshape(m, r, m, r).at[idx, :, idx, :].add(Sp).reshape(m * r, m * r)
-    z = jax.vmap(lambda l, g: jsl.cho_solve((l, True), g))(L, gA)  # U'⁻¹ g_A
-    CtUg = ((omega * ((W * z) @ H.T)).T @ W) * H
-    rhs = (-gB + CtUg).reshape(-1)
-    dBv = jsl.cho_solve(jsl.cho_factor(red, lower=True), rhs).reshape(m, r)
-    CdB = ((omega * (W @ (H * dBv).T)) @ H) * W
-    dAv = jax.vmap(lambda l, g: jsl.cho_solve((l, True), g))(L, -gA - CdB)
-    return dAv, dBv, z
+    f = factorize(W, H, omega, U, S, dA, dB, row_block)
+    return schur_solve(f, W, H, omega, -gA, -gB)
+
+
+def newton_cg(hvp, precond, g, d, x0, iters: int):
+    """Preconditioned CG on (∇²F + diag(d)) x = −g, ``iters`` iterations at most.
+
+    The preconditioner is the factored damped Gauss-Newton matrix, so the
+    preconditioned operator is the identity plus the second-order term
+    Σ r_ij ∇²r_ij (DESIGN.md §3) seen through it: near a minimum a few
+    iterations turn the linearly convergent Gauss-Newton tail into a Newton
+    step. Starts from the Gauss-Newton step ``x0``. Stops (keeping the last
+    iterate) on negative curvature, as Steihaug's CG does. Vectors are pytrees.
+    """
+    dot = lambda a, b: sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    axpy = lambda a, x, y: jax.tree.map(lambda u, v: a * u + v, x, y)
+    op = lambda v: jax.tree.map(lambda hv, dd, vv: hv + dd * vv, hvp(v), d, v)
+    r = axpy(-1.0, op(x0), jax.tree.map(jnp.negative, g))  # −g − A x0
+    z = precond(r)
+    p = z
+    rz = dot(r, z)
+
+    def body(carry, _):
+        x, r, z, p, rz, stop = carry
+        Ap = op(p)
+        pAp = dot(p, Ap)
+        neg = pAp <= 0
+        alpha = rz / jnp.where(neg, 1.0, pAp)
+        x_new = axpy(alpha, p, x)
+        r_new = axpy(-alpha, Ap, r)
+        z_new = precond(r_new)
+        rz_new = dot(r_new, z_new)
+        tiny = rz_new <= 1e-30 * jnp.abs(rz) + jnp.finfo(rz.dtype).tiny
+        beta = rz_new / jnp.where(rz == 0, 1.0, rz)
+        p_new = axpy(beta, p, z_new)
+        keep = stop | neg
+        sel = lambda a, b: jax.tree.map(lambda u, v: jnp.where(keep, v, u), a, b)
+        return (sel(x_new, x), sel(r_new, r), sel(z_new, z), sel(p_new, p), jnp.where(keep, rz, rz_new),
+                keep | tiny), None
+
+    init = (x0, r, z, p, rz, jnp.asarray(False))
+    (x, *_), _ = jax.lax.scan(body, init, None, length=iters)
+    return x
 
 
 def refine_rows(A, H, V, mask, loss: str, pen, iters: int, ridge, A_alt=None, delta0=1e-3):
@@ -227,6 +288,40 @@ def refine_rows(A, H, V, mask, loss: str, pen, iters: int, ridge, A_alt=None, de
     return A
 
 
+def nnls_rows(A, H, V, mask, sweeps: int, floor_rel: float = 1e-10, A_alt=None):
+    """Re-solve the rows of W = exp(A) for fixed H by exact coordinate descent (frobenius, no L2).
+
+    With H fixed, row i is the non-negative least-squares problem
+    min_{w ≥ f} ½‖M_i ∘ (H w − V_i)‖², with Gram G_i = Σ_j M_ij H_j H_jᵀ and
+    b_i = Σ_j M_ij V_ij H_j. One sweep sets each w_k to its exact minimiser
+    max(f, w_k − (G_i w − b_i)_k / G_i,kk) (HALS on one row). Working in W
+    rather than log W keeps entries at the floor alive: in log space their
+    gradient and curvature underflow and they never return (DESIGN.md §2). The
+    floor f = floor_rel · max_k w_k per row keeps log W finite. With ``A_alt``
+    each row starts from whichever of A, A_alt is cheaper.
+    """
+    Mf = mask.astype(H.dtype)
+    G = jnp.einsum("ij,ja,jb->iab", Mf, H, H)
+    b = (jnp.where(mask, V, 0.0)) @ H
+    if A_alt is not None:
+        pen0 = jnp.zeros((), A.dtype)
+        c0, c1 = row_costs(A, H, V, mask, "frobenius", pen0), row_costs(A_alt, H, V, mask, "frobenius", pen0)
+        A = jnp.where((jnp.isfinite(c1) & (c1 < c0))[:, None], A_alt, A)
+    w = jnp.exp(A)
+    r = w.shape[1]
+
+    def sweep(w, _):
+        floor = floor_rel * jnp.max(w, axis=1)
+        for k in range(r):
+            gk = jnp.einsum("ia,ia->i", G[:, k, :], w) - b[:, k]
+            wk = jnp.maximum(floor, w[:, k] - gk / jnp.maximum(G[:, k, k], jnp.finfo(w.dtype).tiny))
+            w = w.at[:, k].set(wk)
+        return w, None
+
+    w, _ = jax.lax.scan(sweep, w, None, length=sweeps)
+    return jnp.log(w)
+
+
 def balance_gauge(p: Factors) -> Factors:
     """Shift (A[:,k] + c_k, B[:,k] − c_k) to minimise ΣA² + ΣB²; W Hᵀ is unchanged."""
     n, m = p.A.shape[0], p.B.shape[0]
@@ -242,7 +337,7 @@ def make_gauss_newton(
     l2: float = 0.0,
     rank: int = 8,
     init: str = "keras",
-    method: str = "varpro",
+    method: str = "joint",
     damping: str = "levenberg",
     lambda0: float = 1e-3,
     inner: int = 3,
@@ -251,6 +346,12 @@ def make_gauss_newton(
     xtol: float = 1e-10,
     row_block: int = 128,
     init_inner: int = 10,
+    rows: str = "auto",
+    newton_iters: int = 0,
+    geodesic: bool = False,
+    geodesic_alpha: float = 0.75,
+    lm_update: str = "nielsen",
+    lam_down: float = 0.2,
 ) -> Solver:
     """The flagship solver. Fixed settings are arguments; λ, counters and ``done`` live in the state."""
     if method not in METHODS:
@@ -258,6 +359,9 @@ def make_gauss_newton(
     if damping not in DAMPINGS:
         raise ValueError(f"unknown damping {damping!r}; known: {', '.join(DAMPINGS)}")
     damp_rows = method != "varpro"
+    # Row re-solves: exact NNLS in W space for the plain least-squares loss,
+    # safeguarded log-space Gauss-Newton otherwise (KL, L2 on log-parameters).
+    row_solver = rows if rows != "auto" else ("nnls" if loss == "frobenius" and l2 == 0 else "gn")
     n_inner = 0 if method == "joint" else inner
 
     def oriented(p: Factors, problem: Problem):
@@ -285,9 +389,13 @@ def make_gauss_newton(
         pen = _scale(problem, loss) * l2
         if method == "varpro":
             X, Y, V, M, flip = oriented(p, problem)
-            X = refine_rows(X, jnp.exp(Y), V, M, loss, pen, init_inner, ridge(X.dtype))
+            if row_solver == "nnls":
+                X = nnls_rows(X, jnp.exp(Y), V, M, init_inner)
+            else:
+                X = refine_rows(X, jnp.exp(Y), V, M, loss, pen, init_inner, ridge(X.dtype))
             p = unorient(X, Y, flip)
-        p = balance_gauge(p)
+        if l2 > 0:
+            p = balance_gauge(p)
         X, Y, V, M, _ = oriented(p, problem)
         W, H = jnp.exp(X), jnp.exp(Y)
         _, omega = _psi_omega(W @ H.T, V, M, loss)
@@ -298,7 +406,7 @@ def make_gauss_newton(
         return GNState(
             params=p, F=F, lam=lam, nu=jnp.asarray(2.0, F.dtype),
             accepted=jnp.asarray(True), n_accepted=jnp.asarray(0, jnp.int32),
-            grad_inf=jnp.asarray(jnp.inf, F.dtype), done=jnp.asarray(False),
+            grad_inf=jnp.asarray(jnp.inf, F.dtype), rho=jnp.asarray(jnp.nan, F.dtype), done=jnp.asarray(False),
         )
 
     def step(state: GNState, problem: Problem) -> GNState:
@@ -321,33 +429,71 @@ def make_gauss_newton(
             tr = jnp.trace(U, axis1=1, axis2=2)[:, None] / r
             dX = 2 * pen + ridge(X.dtype) * jnp.maximum(tr, 1e-300) * jnp.ones_like(X)
         dY = 2 * pen + state.lam * DY
+        f = factorize(W, H, omega, U, S, dX, dY, row_block)
         if damp_rows:
-            stepX, stepY, _ = damped_step(W, H, omega, gX, gY, U, S, dX, dY, row_block)
+            stepX, stepY, _ = schur_solve(f, W, H, omega, -gX, -gY)
         else:
             # Variable projection: the reduced system of F(A*(B), B), where
             # g_X = 0. X is only approximately optimal and its undamped blocks
             # may be nearly singular (symmetric start, dead components), so the
-            # −U⁻¹g_X part is left to the safeguarded row iterations and X
-            # follows ΔY through its linearised optimum A*(B + ΔB) ≈ A − U⁻¹CΔB.
-            stepX, stepY, _ = damped_step(W, H, omega, jnp.zeros_like(gX), gY, U, S, dX, dY, row_block)
+            # −U⁻¹g_X part is left to the row iterations and X follows ΔY
+            # through its linearised optimum A*(B + ΔB) ≈ A − U⁻¹CΔB.
+            stepX, stepY, _ = schur_solve(f, W, H, omega, jnp.zeros_like(gX), -gY)
 
-        # Decrease predicted by the undamped Gauss-Newton model of F (for
-        # varpro, the reduced model: g_X dropped as at A*(B)).
-        JD = (W * stepX) @ H.T + W @ (H * stepY).T
-        lin = jnp.sum(gY * stepY) + (jnp.sum(gX * stepX) if damp_rows else 0.0)
-        pred = -lin - 0.5 * (jnp.sum(omega * JD**2) + 2 * pen * (jnp.sum(stepX**2) + jnp.sum(stepY**2)))
-        Yn = Y + stepY
-        if damp_rows:
-            Xn = refine_rows(X + stepX, jnp.exp(Yn), V, M, loss, pen, n_inner, ridge(X.dtype))
+        accel_ok = jnp.asarray(True)
+        if geodesic and damp_rows:
+            # Geodesic acceleration (Transtrum & Sethna 2012): the second-order
+            # correction a = −(JᵀΩJ + λD)⁻¹ JᵀΩ r'' along the velocity v = step,
+            # with r''_ij = Σ_k u_ijk (v_A,ik + v_B,jk)², reusing the factorisation.
+            # The step v + a/2 follows the curved valley of the exp map; it is
+            # refused when 2‖a‖/‖v‖ > geodesic_alpha.
+            rpp = (W * stepX**2) @ H.T + 2 * (W * stepX) @ (H * stepY).T + W @ (H * stepY**2).T
+            q = omega * rpp
+            aX, aY, _ = schur_solve(f, W, H, omega, -(q @ H) * W, -(q.T @ W) * H)
+            ratio = 2 * jnp.sqrt((jnp.sum(aX**2) + jnp.sum(aY**2)) / (jnp.sum(stepX**2) + jnp.sum(stepY**2)))
+            accel_ok = ratio <= geodesic_alpha
+            stepX, stepY = stepX + 0.5 * aX, stepY + 0.5 * aY
+
+        if newton_iters and damp_rows:
+            # Newton-CG on the exact Hessian, preconditioned by the factored
+            # damped Gauss-Newton matrix (see newton_cg).
+            def F_or(th):
+                Xo, Yo = th
+                return jnp.sum(row_costs(Xo, jnp.exp(Yo), V, M, loss, pen)) + pen * jnp.sum(Yo**2)
+
+            hvp = lambda v: jax.jvp(jax.grad(F_or), ((X, Y),), (v,))[1]
+            precond = lambda v: schur_solve(f, W, H, omega, v[0], v[1])[:2]
+            stepX, stepY = newton_cg(hvp, precond, (gX, gY), (dX - 2 * pen, dY - 2 * pen), (stepX, stepY), newton_iters)
+            HD = hvp((stepX, stepY))
+            pred = -(jnp.sum(gX * stepX) + jnp.sum(gY * stepY)) - 0.5 * (jnp.sum(HD[0] * stepX) + jnp.sum(HD[1] * stepY))
         else:
-            Xn = refine_rows(X, jnp.exp(Yn), V, M, loss, pen, n_inner, ridge(X.dtype), A_alt=X + stepX)
-        new_params = balance_gauge(unorient(Xn, Yn, flip))
+            # Decrease predicted by the undamped Gauss-Newton model of F (for
+            # varpro, the reduced model: g_X dropped as at A*(B)).
+            JD = (W * stepX) @ H.T + W @ (H * stepY).T
+            lin = jnp.sum(gY * stepY) + (jnp.sum(gX * stepX) if damp_rows else 0.0)
+            pred = -lin - 0.5 * (jnp.sum(omega * JD**2) + 2 * pen * (jnp.sum(stepX**2) + jnp.sum(stepY**2)))
+        Yn = Y + stepY
+        Hn = jnp.exp(Yn)
+        if n_inner == 0:
+            Xn = X + stepX
+        elif row_solver == "nnls":
+            Xn = nnls_rows(X + stepX, Hn, V, M, n_inner) if damp_rows else nnls_rows(X, Hn, V, M, n_inner, A_alt=X + stepX)
+        elif damp_rows:
+            Xn = refine_rows(X + stepX, Hn, V, M, loss, pen, n_inner, ridge(X.dtype))
+        else:
+            Xn = refine_rows(X, Hn, V, M, loss, pen, n_inner, ridge(X.dtype), A_alt=X + stepX)
+        new_params = unorient(Xn, Yn, flip)
+        if l2 > 0:
+            new_params = balance_gauge(new_params)
         F_new = F_of(new_params, problem)
         actual = state.F - F_new
         rho = actual / jnp.where(pred > 0, pred, jnp.inf)
-        ok = jnp.isfinite(F_new) & (actual > 0) & (rho > 1e-3)
+        ok = jnp.isfinite(F_new) & (actual > 0) & (rho > 1e-3) & accel_ok
 
-        lam_ok = state.lam * jnp.maximum(1 / 3, 1 - (2 * jnp.minimum(rho, 1.0) - 1) ** 3)
+        if lm_update == "nielsen":
+            lam_ok = state.lam * jnp.maximum(1 / 3, 1 - (2 * jnp.minimum(rho, 1.0) - 1) ** 3)
+        else:  # "fast": a good-enough step (ρ > 1/4) cuts λ by a fixed factor
+            lam_ok = state.lam * jnp.where(rho > 0.25, lam_down, jnp.where(rho > 0.1, 1.0, 2.0))
         lam = jnp.where(ok, lam_ok, state.lam * state.nu)
         nu = jnp.where(ok, 2.0, 2 * state.nu)
         params = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new_params, state.params)
@@ -361,12 +507,13 @@ def make_gauss_newton(
         small_x = ok & (dnorm <= xtol * (theta + xtol))
         stalled = nu >= 2.0**12  # 11 rejections in a row (λ grew ~2⁶⁶): no descent left at this precision
         done = small_f | small_g | small_x | stalled | ~jnp.isfinite(state.F)
-        return GNState(params, F, lam, nu, ok, state.n_accepted + ok.astype(jnp.int32), g_inf, done)
+        return GNState(params, F, lam, nu, ok, state.n_accepted + ok.astype(jnp.int32), g_inf, rho, done)
 
     extras = (
         ("lam", lambda s: s.lam),
         ("accepted", lambda s: s.accepted),
         ("grad_inf", lambda s: s.grad_inf),
+        ("rho", lambda s: s.rho),
     )
     return Solver(
         name="gauss_newton",

@@ -188,6 +188,8 @@ def test_unsupported_settings_are_refused():
         make_hals(rank=2, l2=1e-6)
     with pytest.raises(ValueError, match="loss"):
         make_mu(rank=2, loss="huber")
+    with pytest.raises(ValueError, match="kl"):
+        make_hals(rank=2, loss="kl")
     with pytest.raises(ValueError, match="eps"):
         make_mu(rank=2, eps=0.0)
 

@@ -107,10 +107,12 @@ def hals_half_sweep(W, H, E, mask, eps: float):
     return W, E
 
 
-def make_hals(*, rank: int, init: str = "keras", eps: float = 1e-12, ftol: float = 0.0,
-              l2: float = 0.0, name: str = "hals") -> Solver:
+def make_hals(*, rank: int, loss: str = "frobenius", init: str = "keras", eps: float = 1e-12,
+              ftol: float = 0.0, l2: float = 0.0, name: str = "hals") -> Solver:
     """Masked HALS on the masked MSE (see the module docstring)."""
     _check(l2, eps)
+    if loss != "frobenius":
+        raise ValueError(f"hals minimises the masked MSE only (loss frobenius), got loss {loss!r}; use mu for kl")
     scheme = init
 
     def objective(params: Factors, problem: Problem):

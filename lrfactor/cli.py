@@ -19,9 +19,10 @@ CHOICES = {
     "precision": (32, 64),
     "init": ("keras", "scaled"),
     "method": ("varpro", "joint", "joint_epi"),
-    "damping": ("levenberg", "marquardt"),
+    "damping": ("levenberg", "marquardt", "sqrt"),
     "mlp_dims": ("log", "linear"),
     "linear_solver": ("dense", "cg"),
+    "lm_update": ("nielsen", "fast"),
 }
 
 
@@ -72,7 +73,14 @@ def config_from_args(args) -> RunConfig:
         raise UsageError(f"--observed must lie in (0, 1), got {cfg.observed}")
     if cfg.data and not os.path.exists(cfg.data):
         raise UsageError(f"{cfg.data}: no such file")
-    return resolve(cfg)
+    cfg = resolve(cfg)
+    from lrfactor.solvers import make_solver
+
+    try:  # solver factories refuse settings they cannot honour (e.g. hals with --loss kl)
+        make_solver(cfg, {"n_train_max": cfg.batch_size})
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    return cfg
 
 
 def main(argv=None) -> int:

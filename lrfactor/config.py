@@ -10,7 +10,7 @@ import dataclasses
 from typing import Optional
 
 # Default step budgets: epochs (adam/sgd/mlp), sweeps (hals/mu), iterations (GN).
-DEFAULT_STEPS = {"adam": 10000, "sgd": 10000, "mlp": 10000, "hals": 2000, "mu": 2000, "gauss_newton": 100}
+DEFAULT_STEPS = {"adam": 10000, "sgd": 10000, "mlp": 10000, "hals": 2000, "mu": 2000, "gauss_newton": 200}
 FIRST_ORDER = ("adam", "sgd")
 
 

@@ -47,11 +47,13 @@ def _bad_inputs(tmp_path):
         "unknown solver": (["--solver", "newton"], "unknown solver 'newton'; known solvers:"),
         "unknown loss": (["--loss", "hinge"], "unknown loss"),
         "missing key": (["--data", _npz(tmp_path, V=V)], "missing key 'train_mask'"),
+        "hals with kl": (["--solver", "hals", "--loss", "kl"], "kl"),
     }
 
 
 @pytest.mark.parametrize("case", ["unreadable file", "missing file", "wrong shapes", "nan observed", "empty row",
-                                  "empty column", "rank too large", "unknown solver", "unknown loss", "missing key"])
+                                  "empty column", "rank too large", "unknown solver", "unknown loss", "missing key",
+                                  "hals with kl"])
 def test_bad_input_exits_2_with_one_line(case, tmp_path, capsys):
     args, msg = _bad_inputs(tmp_path)[case]
     code = cli.main(args + ["--out", str(tmp_path / "out")])

@@ -58,6 +58,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
+import numpy as np
 
 from lrfactor import factors as fac
 from lrfactor import losses
@@ -66,7 +67,7 @@ from lrfactor.problems import Problem
 from lrfactor.solvers.base import Solver
 
 METHODS = ("varpro", "joint", "joint_epi")
-DAMPINGS = ("levenberg", "marquardt")
+DAMPINGS = ("levenberg", "marquardt", "sqrt")
 MIN_DIAG, MAX_DIAG = 1e-6, 1e32  # Ceres' clamp of the Marquardt diagonal
 
 
@@ -142,23 +143,29 @@ def schur_product(L, W, H, omega, row_block: int):
     n, r = W.shape
     m = H.shape[0]
     nb = -(-n // row_block)
+    row_block = -(-n // nb)  # same number of blocks, least padding
     pad = nb * row_block - n
     eye = jnp.eye(r, dtype=W.dtype)
     Lp = jnp.concatenate([L, jnp.broadcast_to(eye, (pad, r, r))]) if pad else L
     Wp = jnp.pad(W, ((0, pad), (0, 0)))
     Op = jnp.pad(omega, ((0, pad), (0, 0)))
 
+    # Only the r(r+1)/2 pairs a ≤ c: the (a, c) and (c, a) blocks are equal.
+    ia, ic = np.triu_indices(r)
+    pair = np.zeros((r, r), np.int32)
+    pair[ia, ic] = pair[ic, ia] = np.arange(ia.size)
+
     def block(acc, xs):
         Lb, Wb, Ob = xs
         P = jax.vmap(lambda l, w: jsl.solve_triangular(l, jnp.diag(w), lower=True))(Lb, Wb)  # L⁻¹ diag(W_i)
         Y = jnp.einsum("iab,jb->iaj", P, H) * Ob[:, None, :]  # ω_ij L_i⁻¹ u_ij
         K = jnp.einsum("iaj,iak->ijk", Y, Y)  # ω_ij ω_ik u_ijᵀ U_i⁻¹ u_ik
-        WW = (Wb[:, :, None] * Wb[:, None, :]).reshape(row_block, r * r)
+        WW = Wb[:, ia] * Wb[:, ic]
         return acc + WW.T @ K.reshape(row_block, m * m), None
 
     blocks = (Lp.reshape(nb, row_block, r, r), Wp.reshape(nb, row_block, r), Op.reshape(nb, row_block, m))
-    T, _ = jax.lax.scan(block, jnp.zeros((r * r, m * m), W.dtype), blocks)
-    T = T.reshape(r, r, m, m).transpose(2, 0, 3, 1) * H[:, :, None, None] * H[None, None, :, :]
+    Tu, _ = jax.lax.scan(block, jnp.zeros((ia.size, m * m), W.dtype), blocks)
+    T = Tu[pair.reshape(-1)].reshape(r, r, m, m).transpose(2, 0, 3, 1) * H[:, :, None, None] * H[None, None, :, :]
     return T.reshape(m * r, m * r)
 
 
@@ -420,9 +427,14 @@ def make_gauss_newton(
         r = X.shape[1]
         if damping == "levenberg":
             DX, DY = jnp.ones_like(X), jnp.ones_like(Y)
-        else:
+        elif damping == "marquardt":
             DX = jnp.clip(jnp.diagonal(U, axis1=1, axis2=2), MIN_DIAG, MAX_DIAG)
             DY = jnp.clip(jnp.diagonal(S, axis1=1, axis2=2), MIN_DIAG, MAX_DIAG)
+        else:  # "sqrt": geometric mean of Levenberg and Marquardt, relative to the mean diagonal
+            dU, dS = jnp.diagonal(U, axis1=1, axis2=2), jnp.diagonal(S, axis1=1, axis2=2)
+            mean = (jnp.sum(dU) + jnp.sum(dS)) / (dU.size + dS.size)
+            DX = jnp.sqrt(jnp.clip(dU / mean, MIN_DIAG, MAX_DIAG))
+            DY = jnp.sqrt(jnp.clip(dS / mean, MIN_DIAG, MAX_DIAG))
         if damp_rows:
             dX = 2 * pen + state.lam * DX
         else:

@@ -1,0 +1,103 @@
+"""Success rates over random restarts, from saved runs only (Hong & Fitzgibbon 2015; Hong, Zach & Fitzgibbon 2017, Table 2).
+
+    python experiments/success_table.py results/gn-joint results/gn-varpro ... [--out results/gn-variants.md]
+
+For every seed the best train MSE any of the given runs found is the target; a
+run succeeds on a seed when its final train MSE is within 1 % of the oracle
+(summary "success") and we also report it against that per-seed best. Time to
+success is the run's wall time at the first step within 1 % of the oracle,
+divided by the number of seeds the batch ran at once (the amortised cost per
+seed); the per-step wall time of a batch is spread evenly over its seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from lrfactor.results import load_run  # noqa: E402
+
+
+def first_success(history, oracle_train):
+    """(step, wall_s) of the first step with train MSE ≤ 1.01 × oracle, NaN when never."""
+    ok = history["train_mse"] <= 1.01 * oracle_train[:, None]
+    hit = ok.any(axis=1)
+    idx = np.argmax(ok, axis=1)
+    steps = np.where(hit, idx, np.nan)
+    wall = np.where(hit, history["wall_s"][np.arange(len(idx)), idx], np.nan)
+    return steps, wall
+
+
+def table(folders):
+    runs = [load_run(f) for f in folders]
+    seeds = runs[0]["summary"]["seeds"]
+    for f, r in zip(folders, runs):
+        if r["summary"]["seeds"] != seeds:
+            raise SystemExit(f"error: {f} ran seeds {r['summary']['seeds'][:3]}..., not those of {folders[0]}")
+    best = np.min([np.asarray(r["summary"]["final"]["train_mse"], float) for r in runs], axis=0)
+    rows = []
+    for f, r in zip(folders, runs):
+        s = r["summary"]
+        cfg = r["config"]["config"]
+        oracle = np.asarray(s["reference"]["oracle_train_mse"], float)
+        final = np.asarray(s["final"]["train_mse"], float)
+        steps, wall = first_success(r["history"], oracle)
+        S = len(seeds)
+        rel = final / best
+        rows.append({
+            "run": os.path.basename(os.path.normpath(f)),
+            "method": cfg.get("method"), "damping": cfg.get("damping"), "init": cfg.get("init"),
+            "seeds": S,
+            "success": float(np.mean(final <= 1.01 * oracle)),
+            "within_1pct_of_best": float(np.mean(rel <= 1.01)),
+            "median_rel_best": float(np.median(rel)),
+            "p90_rel_best": float(np.percentile(rel, 90)),
+            "median_steps_to_success": float(np.nanmedian(steps)) if np.isfinite(steps).any() else None,
+            "median_s_to_success_per_seed": float(np.nanmedian(wall) / S) if np.isfinite(wall).any() else None,
+            "median_val_over_oracle": float(np.median(np.asarray(s["final"]["val_mse"], float) /
+                                                      np.asarray(s["reference"]["oracle_val_mse"], float))),
+            "final_below_oracle": float(np.mean(final < oracle)),
+        })
+    return rows
+
+
+def markdown(rows) -> str:
+    head = ("| run | method | damping | seeds | success (≤1.01×oracle) | ≤1.01×best | median final/best | "
+            "p90 final/best | median steps to success | median s to success / seed | median val/oracle |")
+    lines = [head, "|" + "|".join(["---"] * 11) + "|"]
+    f = lambda x, p=3: "–" if x is None else f"{x:.{p}g}"
+    for r in rows:
+        lines.append(f"| {r['run']} | {r['method']} | {r['damping']} | {r['seeds']} | {r['success']:.0%} | "
+                     f"{r['within_1pct_of_best']:.0%} | {f(r['median_rel_best'], 4)} | {f(r['p90_rel_best'], 4)} | "
+                     f"{f(r['median_steps_to_success'])} | {f(r['median_s_to_success_per_seed'])} | "
+                     f"{f(r['median_val_over_oracle'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser()
+    p.add_argument("runs", nargs="+")
+    p.add_argument("--out", default=None, help="write the markdown table here (and a .json beside it)")
+    a = p.parse_args(argv)
+    for f in a.runs:
+        if not os.path.exists(os.path.join(f, "summary.json")):
+            print(f"error: {f}: no summary.json", file=sys.stderr)
+            return 2
+    rows = table(a.runs)
+    md = markdown(rows)
+    print(md)
+    if a.out:
+        from lrfactor.results import _atomic_write_bytes, write_json
+
+        _atomic_write_bytes(a.out, md.encode())
+        write_json(os.path.splitext(a.out)[0] + ".json", rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

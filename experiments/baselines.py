@@ -33,6 +33,7 @@ import numpy as np  # noqa: E402
 
 from lrfactor import driver, experiment, results  # noqa: E402
 from lrfactor.config import RunConfig, resolve  # noqa: E402
+from lrfactor.solvers.nmf import numpy_hals  # noqa: E402
 
 CHECKPOINTS = (0, 100, 500, 1000, 2000)
 
@@ -44,23 +45,6 @@ def run(cfg: RunConfig):
     res = driver.run(solver, prep.problem, carry, steps=cfg.steps, chunk=cfg.chunk,
                      problem_axis=prep.problem_axis, progress=False)
     return prep, res
-
-
-def numpy_hals(W, H, V, M, sweeps, eps=1e-12):
-    """Plain-numpy masked HALS: per column, w_k ← max(ε, w_k + (E h_k)/(M h_k²)), E in place."""
-    W, H = W.copy(), H.copy()
-    Mf = M.astype(float)
-    E = np.where(M, V - W @ H.T, 0.0)
-    for _ in range(sweeps):
-        for k in range(W.shape[1]):
-            new = np.maximum(eps, W[:, k] + (E @ H[:, k]) / (Mf @ H[:, k] ** 2))
-            E -= Mf * np.outer(new - W[:, k], H[:, k])
-            W[:, k] = new
-        for k in range(H.shape[1]):
-            new = np.maximum(eps, H[:, k] + (E.T @ W[:, k]) / (Mf.T @ W[:, k] ** 2))
-            E -= Mf * np.outer(W[:, k], new - H[:, k])
-            H[:, k] = new
-    return W, H
 
 
 def mse(P, V, mask):

@@ -9,7 +9,7 @@ from lrfactor.problems import Problem
 from lrfactor.results import read_json, read_npz
 from lrfactor.config import RunConfig, resolve
 from lrfactor.solvers import make_solver
-from lrfactor.solvers.nmf import make_hals, make_mu
+from lrfactor.solvers.nmf import make_hals, make_mu, numpy_hals
 from tests.helpers import full_problem, small_problem
 
 SOLVERS = {
@@ -103,23 +103,6 @@ def test_entries_off_the_training_mask_never_matter(name):
     np.testing.assert_array_equal(a.params.A, b.params.A)
     np.testing.assert_array_equal(a.params.B, b.params.B)
     np.testing.assert_array_equal(objs_a, objs_b)
-
-
-def numpy_hals(W, H, V, M, sweeps, eps=1e-12):
-    """Plain-numpy masked HALS, column by column, the residual kept in place."""
-    W, H = W.copy(), H.copy()
-    Mf = M.astype(float)
-    E = np.where(M, V - W @ H.T, 0.0)
-    for _ in range(sweeps):
-        for k in range(W.shape[1]):
-            new = np.maximum(eps, W[:, k] + (E @ H[:, k]) / (Mf @ H[:, k] ** 2))
-            E -= Mf * np.outer(new - W[:, k], H[:, k])
-            W[:, k] = new
-        for k in range(H.shape[1]):
-            new = np.maximum(eps, H[:, k] + (E.T @ W[:, k]) / (Mf.T @ W[:, k] ** 2))
-            E -= Mf * np.outer(W[:, k], new - H[:, k])
-            H[:, k] = new
-    return W, H
 
 
 def numpy_mu(W, H, V, M, sweeps, loss, eps=1e-12):

@@ -40,6 +40,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from lrfactor import factors as fac
 from lrfactor import losses
@@ -200,3 +201,21 @@ def make_mu(*, rank: int, loss: str = "frobenius", init: str = "keras", eps: flo
         objective=objective,
         extras=(("at_floor", lambda s: _floor_fraction(s.W, s.H, eps)),),
     )
+
+
+def numpy_hals(W, H, V, M, sweeps, eps=1e-12):
+    """Plain-numpy masked HALS, column by column, the residual kept in place: the
+    reference the jitted solver is tested and benchmarked against."""
+    W, H = W.copy(), H.copy()
+    Mf = M.astype(float)
+    E = np.where(M, V - W @ H.T, 0.0)
+    for _ in range(sweeps):
+        for k in range(W.shape[1]):
+            new = np.maximum(eps, W[:, k] + (E @ H[:, k]) / (Mf @ H[:, k] ** 2))
+            E -= Mf * np.outer(new - W[:, k], H[:, k])
+            W[:, k] = new
+        for k in range(H.shape[1]):
+            new = np.maximum(eps, H[:, k] + (E.T @ W[:, k]) / (Mf.T @ W[:, k] ** 2))
+            E -= Mf * np.outer(W[:, k], new - H[:, k])
+            H[:, k] = new
+    return W, H

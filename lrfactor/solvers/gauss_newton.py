@@ -336,6 +336,38 @@ def balance_gauge(p: Factors) -> Factors:
     return Factors(p.A + c, p.B - c)
 
 
+def trust_update(F, F_new, pred, lam, nu, rule: str = "nielsen", lam_down: float = 0.2, extra_ok=True):
+    """Gain ratio, acceptance and the damping update (the LM "search" part).
+
+    ρ = (F − F_new) / predicted decrease; a step is accepted when F decreased
+    and ρ > 1e-3 (Ceres' min_relative_decrease). Nielsen's rule (as Ceres):
+    accepted → λ·max(1/3, 1 − (2ρ − 1)³), ν = 2; rejected → λ·ν, ν·2.
+    Returns (ok, ρ, λ, ν).
+    """
+    actual = F - F_new
+    rho = actual / jnp.where(pred > 0, pred, jnp.inf)
+    ok = jnp.isfinite(F_new) & (actual > 0) & (rho > 1e-3) & extra_ok
+    if rule == "nielsen":
+        lam_ok = lam * jnp.maximum(1 / 3, 1 - (2 * jnp.minimum(rho, 1.0) - 1) ** 3)
+    else:  # "fast": a good-enough step (ρ > 1/4) cuts λ by a fixed factor
+        lam_ok = lam * jnp.where(rho > 0.25, lam_down, jnp.where(rho > 0.1, 1.0, 2.0))
+    return ok, rho, jnp.where(ok, lam_ok, lam * nu), jnp.where(ok, 2.0, 2 * nu)
+
+
+def converged(ok, F, F_new, g_inf, dnorm, theta, nu, ftol, gtol, xtol):
+    """Stopping tests (the "termination" part), as Ceres' function/gradient/parameter tolerances.
+
+    Relative decrease of an accepted step ≤ ftol; max|g| ≤ gtol·F; accepted
+    step ≤ xtol·(‖θ‖ + xtol); 11 rejections in a row (λ grew ~2⁶⁶: no descent
+    left at this precision); a non-finite objective.
+    """
+    small_f = ok & (F - F_new <= ftol * F)
+    small_g = g_inf <= gtol * jnp.maximum(F, jnp.finfo(jnp.asarray(F).dtype).tiny)
+    small_x = ok & (dnorm <= xtol * (theta + xtol))
+    stalled = nu >= 2.0**12
+    return small_f | small_g | small_x | stalled | ~jnp.isfinite(F)
+
+
 # ----------------------------------------------------------------------------- solver
 
 
@@ -498,27 +530,13 @@ def make_gauss_newton(
         if l2 > 0:
             new_params = balance_gauge(new_params)
         F_new = F_of(new_params, problem)
-        actual = state.F - F_new
-        rho = actual / jnp.where(pred > 0, pred, jnp.inf)
-        ok = jnp.isfinite(F_new) & (actual > 0) & (rho > 1e-3) & accel_ok
-
-        if lm_update == "nielsen":
-            lam_ok = state.lam * jnp.maximum(1 / 3, 1 - (2 * jnp.minimum(rho, 1.0) - 1) ** 3)
-        else:  # "fast": a good-enough step (ρ > 1/4) cuts λ by a fixed factor
-            lam_ok = state.lam * jnp.where(rho > 0.25, lam_down, jnp.where(rho > 0.1, 1.0, 2.0))
-        lam = jnp.where(ok, lam_ok, state.lam * state.nu)
-        nu = jnp.where(ok, 2.0, 2 * state.nu)
+        ok, rho, lam, nu = trust_update(state.F, F_new, pred, state.lam, state.nu, lm_update, lam_down, accel_ok)
         params = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new_params, state.params)
         F = jnp.where(ok, F_new, state.F)
-
         g_inf = jnp.maximum(jnp.max(jnp.abs(gX)), jnp.max(jnp.abs(gY)))
         theta = jnp.sqrt(jnp.sum(X**2) + jnp.sum(Y**2))
         dnorm = jnp.sqrt(jnp.sum(stepX**2) + jnp.sum(stepY**2))
-        small_f = ok & (actual <= ftol * state.F)
-        small_g = g_inf <= gtol * jnp.maximum(state.F, jnp.finfo(F.dtype).tiny)
-        small_x = ok & (dnorm <= xtol * (theta + xtol))
-        stalled = nu >= 2.0**12  # 11 rejections in a row (λ grew ~2⁶⁶): no descent left at this precision
-        done = small_f | small_g | small_x | stalled | ~jnp.isfinite(state.F)
+        done = converged(ok, state.F, F_new, g_inf, dnorm, theta, nu, ftol, gtol, xtol)
         return GNState(params, F, lam, nu, ok, state.n_accepted + ok.astype(jnp.int32), g_inf, rho, done)
 
     extras = (

@@ -199,6 +199,10 @@ def hessian_traces_figure(run: dict) -> plt.Figure:
         elif scale == "log":
             ax.set_yscale("log")
         ax.set_title(title, fontsize=10)
+    if "index_significant" in hz:  # negative curvature the quadrature separates from the near-zero bulk
+        for k in range(S):
+            axes[1, 0].plot(st, hz["index_significant"][k], ":", color=colors[k], lw=1)
+        axes[1, 0].set_title("index (dotted: λ < −1e-3·max|λ|)", fontsize=10)
     axes[1, 0].legend(fontsize=7, ncol=2)
     for ax in axes.ravel():
         ax.grid(True, which="both", alpha=0.3)

@@ -189,6 +189,9 @@ def test_slq_index_matches_exact_fraction():
     out = jax.device_get(_tracer(probes=10)(params, problem, jax.random.PRNGKey(0)))
     assert 0.05 < exact < 0.95
     assert abs(out["index"] - exact) < 0.02, (out["index"], exact)
+    rel = 1e-3 * np.abs(eigs).max()
+    assert abs(out["index_significant"] - np.mean(eigs < -rel)) < 0.02
+    assert abs(out["near_zero"] - np.mean(np.abs(eigs) <= rel)) < 0.02
     # the same estimate from the saved tridiagonals
     count = hessian.slq_count(out["lanczos_alpha"], out["lanczos_beta"], out["lanczos_norm2"],
                               lambda t: t < -out["index_tol"])
@@ -235,7 +238,8 @@ def test_cli_writes_hessian_npz_with_contract_keys(tmp_path, solver):
     hz = read_npz(os.path.join(out, "hessian.npz"))
     S, T, n, m, r = 2, 3, 40, 12, 3
     np.testing.assert_array_equal(hz["steps"], [0, 2, 4])
-    for key in ("eig_max", "eig_min", "index", "grad_norm", "grad_top_share", "n_gauge", "objective"):
+    for key in ("eig_max", "eig_min", "index", "index_significant", "near_zero", "grad_norm", "grad_top_share",
+                "n_gauge", "objective"):
         assert hz[key].shape == (S, T), key
         assert np.all(np.isfinite(hz[key])), key
     assert hz["A"].shape == (S, T, n, r) and hz["B"].shape == (S, T, m, r)

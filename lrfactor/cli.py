@@ -23,6 +23,7 @@ CHOICES = {
     "mlp_dims": ("log", "linear"),
     "linear_solver": ("dense", "cg"),
     "lm_update": ("nielsen", "fast"),
+    "schur_precision": ("full", "mixed"),
 }
 
 

@@ -106,3 +106,22 @@ def test_exact_low_rank_fully_observed_is_fitted():
         state = step(state, problem)
     rel = jnp.linalg.norm(predict(state.params) - problem.V) / jnp.linalg.norm(problem.V)
     assert float(rel) < 1e-8
+
+
+def test_mixed_precision_refinement_recovers_the_float64_step():
+    problem, _ = small_problem(seed=2, n=40, m=12, true_rank=4)
+    p = init_factors(jax.random.PRNGKey(3), problem, 3, "scaled")
+    W, H = jnp.exp(p.A), jnp.exp(p.B)
+    psi, omega = gn._psi_omega(W @ H.T, problem.V, problem.train, "frobenius")
+    gA, gB = gn.gradient(W, H, psi, p.A, p.B, 0.0)
+    U, S = gn.normal_blocks(W, H, omega)
+    dA, dB = 0.05 * jnp.ones_like(p.A), 0.05 * jnp.ones_like(p.B)
+    ref = gn.damped_step(W, H, omega, gA, gB, U, S, dA, dB)
+    f32 = gn.factorize(W, H, omega, U, S, dA, dB, schur_dtype=jnp.float32)
+    assert f32.R.dtype == jnp.float32
+    errs = []
+    for it in (0, 3):
+        x = gn.refined_solve(f32, W, H, omega, dA, dB, -gA, -gB, it)
+        errs.append(max(float(jnp.max(jnp.abs(x[k] - ref[k])) / jnp.max(jnp.abs(ref[k]))) for k in (0, 1)))
+    assert errs[0] > 1e-9  # the float32 factor alone is visibly inexact
+    assert errs[1] < 1e-9 and errs[1] < 1e-3 * errs[0]

@@ -176,16 +176,43 @@ class SchurFactor(NamedTuple):
     R: jax.Array  # (m r, m r) Cholesky factor of the reduced matrix S' − Cᵀ U'⁻¹ C
 
 
-def factorize(W, H, omega, U, S, dA, dB, row_block: int = 128) -> SchurFactor:
+def factorize(W, H, omega, U, S, dA, dB, row_block: int = 128, schur_dtype=None) -> SchurFactor:
     """Factor JᵀΩJ + diag(dA, dB). ``dA`` (n, r) and ``dB`` (m, r) hold everything
-    added to the diagonal (penalty curvature, damping)."""
+    added to the diagonal (penalty curvature, damping).
+
+    With ``schur_dtype=float32`` the reduced matrix (its product is nearly all
+    the flops) is formed and factored in float32; pair it with
+    :func:`refined_solve`, which recovers float64 accuracy by iterative
+    refinement against the float64 operator.
+    """
     r = W.shape[1]
     m = H.shape[0]
     L = jnp.linalg.cholesky(_add_diag(U, dA))
-    red = -schur_product(L, W, H, omega, min(row_block, W.shape[0]))
+    c = (lambda x: x.astype(schur_dtype)) if schur_dtype is not None else (lambda x: x)
+    red = -schur_product(c(L), c(W), c(H), c(omega), min(row_block, W.shape[0]))
     idx = jnp.arange(m)
-    red = red.reshape(m, r, m, r).at[idx, :, idx, :].add(_add_diag(S, dB)).reshape(m * r, m * r)
+    red = red.reshape(m, r, m, r).at[idx, :, idx, :].add(c(_add_diag(S, dB))).reshape(m * r, m * r)
     return SchurFactor(L, jnp.linalg.cholesky(red))
+
+
+def gn_matvec(W, H, omega, dA, dB, vA, vB):
+    """(JᵀΩJ + diag(dA, dB)) v, matrix-free: Jv = (W∘v_A)Hᵀ + W(H∘v_B)ᵀ, O(n m r)."""
+    Jv = omega * ((W * vA) @ H.T + W @ (H * vB).T)
+    return (Jv @ H) * W + dA * vA, (Jv.T @ W) * H + dB * vB
+
+
+def refined_solve(f: SchurFactor, W, H, omega, dA, dB, bA, bB, iters: int):
+    """Solve (JᵀΩJ + diag(dA, dB)) x = b with a lower-precision factor ``f`` and
+    ``iters`` steps of iterative refinement, residuals in the working precision."""
+    xA, xB, _ = schur_solve(f, W, H, omega, bA, bB)
+
+    def body(x, _):
+        rA, rB = gn_matvec(W, H, omega, dA, dB, *x)
+        cA, cB, _ = schur_solve(f, W, H, omega, bA - rA, bB - rB)
+        return (x[0] + cA, x[1] + cB), None
+
+    (xA, xB), _ = jax.lax.scan(body, (xA, xB), None, length=iters)
+    return xA, xB
 
 
 def schur_solve(f: SchurFactor, W, H, omega, bA, bB):
@@ -197,7 +224,8 @@ def schur_solve(f: SchurFactor, W, H, omega, bA, bB):
     blocks = jax.vmap(lambda l, g: jsl.cho_solve((l, True), g))
     z = blocks(f.L, bA)  # U'⁻¹ b_A
     CtUb = ((omega * ((W * z) @ H.T)).T @ W) * H
-    dB = jsl.cho_solve((f.R, True), (bB - CtUb).reshape(-1)).reshape(m, r)
+    rhs = (bB - CtUb).reshape(-1)
+    dB = jsl.cho_solve((f.R, True), rhs.astype(f.R.dtype)).astype(rhs.dtype).reshape(m, r)
     CdB = ((omega * (W @ (H * dB).T)) @ H) * W
     return blocks(f.L, bA - CdB), dB, z
 
@@ -391,6 +419,8 @@ def make_gauss_newton(
     geodesic_alpha: float = 0.75,
     lm_update: str = "nielsen",
     lam_down: float = 0.2,
+    schur_precision: str = "full",
+    refine: int = 2,
 ) -> Solver:
     """The flagship solver. Fixed settings are arguments; λ, counters and ``done`` live in the state."""
     if method not in METHODS:
@@ -398,6 +428,9 @@ def make_gauss_newton(
     if damping not in DAMPINGS:
         raise ValueError(f"unknown damping {damping!r}; known: {', '.join(DAMPINGS)}")
     damp_rows = method != "varpro"
+    # "mixed": the reduced system in float32, the step refined in the working precision.
+    schur_dtype = jnp.float32 if schur_precision == "mixed" else None
+    refine = refine if schur_precision == "mixed" else 0
     # Row re-solves: exact NNLS in W space for the plain least-squares loss,
     # safeguarded log-space Gauss-Newton otherwise (KL, L2 on log-parameters).
     row_solver = rows if rows != "auto" else ("nnls" if loss == "frobenius" and l2 == 0 else "gn")
@@ -473,8 +506,10 @@ def make_gauss_newton(
             tr = jnp.trace(U, axis1=1, axis2=2)[:, None] / r
             dX = 2 * pen + ridge(X.dtype) * jnp.maximum(tr, 1e-300) * jnp.ones_like(X)
         dY = 2 * pen + state.lam * DY
-        f = factorize(W, H, omega, U, S, dX, dY, row_block)
-        if damp_rows:
+        f = factorize(W, H, omega, U, S, dX, dY, row_block, schur_dtype)
+        if damp_rows and refine:
+            stepX, stepY = refined_solve(f, W, H, omega, dX, dY, -gX, -gY, refine)
+        elif damp_rows:
             stepX, stepY, _ = schur_solve(f, W, H, omega, -gX, -gY)
         else:
             # Variable projection: the reduced system of F(A*(B), B), where

@@ -179,7 +179,12 @@ def test_lanczos_extreme_eigenvalues_match_eigh_on_a_few_thousand_parameters():
     out = jax.device_get(_tracer()(params, problem, jax.random.PRNGKey(0)))
     np.testing.assert_allclose(out["eig_max"], eigs.max(), rtol=1e-6)
     np.testing.assert_allclose(out["eig_min"], eigs.min(), rtol=1e-6)
-    assert abs(out["index"] - np.mean(eigs < 0) * len(eigs) / (len(eigs) + 6)) < 0.02
+    # Most of this spectrum is a bulk within 1e-3·λmax of zero, finer than 80-step
+    # quadrature resolves: the plain index is not determined there (hessian.py,
+    # "Resolution"), the bulk's mass and the negative curvature outside it are.
+    N, rel = len(eigs) + 6, 1e-3 * np.abs(eigs).max()
+    assert abs(out["near_zero"] - np.sum(np.abs(eigs) <= rel) / N) < 0.02  # gauge modes apart
+    assert abs(out["index_significant"] - np.sum(eigs < -rel) / N) < 0.02
 
 
 def test_slq_index_matches_exact_fraction():

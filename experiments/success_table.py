@@ -59,6 +59,8 @@ def table(folders):
             "run": os.path.basename(os.path.normpath(f)),
             "method": cfg.get("method"), "damping": cfg.get("damping"), "init": cfg.get("init"),
             "seeds": len(seeds),
+            "budget": cfg.get("steps"),
+            "precision": cfg.get("precision"),
             "success": float(np.mean(final <= 1.01 * oracle)),
             "within_1pct_of_best": float(np.mean(rel <= 1.01)),
             "median_rel_best": float(np.median(rel)),
@@ -73,12 +75,12 @@ def table(folders):
 
 
 def markdown(rows) -> str:
-    head = ("| run | method | damping | seeds | success (≤1.01×oracle) | ≤1.01×best | median final/best | "
+    head = ("| run | method | damping | precision | budget | seeds | success (≤1.01×oracle) | ≤1.01×best | median final/best | "
             "p90 final/best | median steps to success | median s to success / seed | median val/oracle |")
-    lines = [head, "|" + "|".join(["---"] * 11) + "|"]
+    lines = [head, "|" + "|".join(["---"] * 13) + "|"]
     f = lambda x, p=3: "–" if x is None else f"{x:.{p}g}"
     for r in rows:
-        lines.append(f"| {r['run']} | {r['method']} | {r['damping']} | {r['seeds']} | {r['success']:.0%} | "
+        lines.append(f"| {r['run']} | {r['method']} | {r['damping']} | {r['precision']} | {r['budget']} | {r['seeds']} | {r['success']:.0%} | "
                      f"{r['within_1pct_of_best']:.0%} | {f(r['median_rel_best'], 4)} | {f(r['p90_rel_best'], 4)} | "
                      f"{f(r['median_steps_to_success'])} | {f(r['median_s_to_success_per_seed'])} | "
                      f"{f(r['median_val_over_oracle'])} |")

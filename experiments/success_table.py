@@ -2,7 +2,8 @@
 
     python experiments/success_table.py results/gn-joint results/gn-varpro ... [--out results/gn-variants.md]
 
-For every seed the best train MSE any of the given runs found is the target; a
+For every seed the best train MSE any of the given runs of the same precision
+found is the target (float32 and float64 runs draw different synthetic data); a
 run succeeds on a seed when its final train MSE is within 1 % of the oracle
 (summary "success") and we also report it against that per-seed best. Time to
 success is the run's wall time at the first step within 1 % of the oracle,
@@ -43,7 +44,11 @@ def table(folders):
         pos = [r["summary"]["seeds"].index(x) for x in common]
         r["_pos"] = np.asarray(pos)
     seeds = common
-    best = np.min([np.asarray(r["summary"]["final"]["train_mse"], float)[r["_pos"]] for r in runs], axis=0)
+    # The synthetic data depend on the precision (the PRNG draws in the run's
+    # dtype): the per-seed best is taken among runs of the same precision.
+    prec = [r["config"]["config"].get("precision") for r in runs]
+    best_by = {p: np.min([np.asarray(r["summary"]["final"]["train_mse"], float)[r["_pos"]]
+                          for r, q in zip(runs, prec) if q == p], axis=0) for p in set(prec)}
     rows = []
     for f, r in zip(folders, runs):
         s = r["summary"]
@@ -54,7 +59,7 @@ def table(folders):
         hist = {k: r["history"][k][pos] for k in ("train_mse", "wall_s")}
         steps, wall = first_success(hist, oracle)
         S = len(s["seeds"])  # seeds the batch ran at once: the wall time is shared by all of them
-        rel = final / best
+        rel = final / best_by[cfg.get("precision")]
         rows.append({
             "run": os.path.basename(os.path.normpath(f)),
             "method": cfg.get("method"), "damping": cfg.get("damping"), "init": cfg.get("init"),

@@ -506,8 +506,10 @@ def make_gauss_newton(
             tr = jnp.trace(U, axis1=1, axis2=2)[:, None] / r
             dX = 2 * pen + ridge(X.dtype) * jnp.maximum(tr, 1e-300) * jnp.ones_like(X)
         dY = 2 * pen + state.lam * DY
-        f = factorize(W, H, omega, U, S, dX, dY, row_block, schur_dtype)
-        if damp_rows and refine:
+        # In a float32 run there is nothing to refine against: factor in the working precision.
+        mixed = schur_dtype is not None and X.dtype != schur_dtype
+        f = factorize(W, H, omega, U, S, dX, dY, row_block, schur_dtype if mixed else None)
+        if damp_rows and refine and mixed:
             stepX, stepY = refined_solve(f, W, H, omega, dX, dY, -gX, -gY, refine)
         elif damp_rows:
             stepX, stepY, _ = schur_solve(f, W, H, omega, -gX, -gY)

@@ -55,7 +55,7 @@ from lrfactor import factors as fac
 from lrfactor import sparse
 from lrfactor.factors import Factors
 from lrfactor.solvers.base import Solver
-from lrfactor.solvers.gauss_newton import balance_gauge
+from lrfactor.solvers.gauss_newton import balance_gauge, converged, trust_update
 from lrfactor.sparse import Entries, SparseProblem, gather, scatter_add
 
 
@@ -310,23 +310,13 @@ def make_sparse_gauss_newton(
         if l2 > 0:
             new_params = balance_gauge(new_params)
         F_new = sq_new + pen * (jnp.sum(new_params.A**2) + jnp.sum(new_params.B**2))
-        actual = state.F - F_new
-        rho = actual / jnp.where(pred > 0, pred, jnp.inf)
-        ok = jnp.isfinite(F_new) & (actual > 0) & (rho > 1e-3)
-
-        lam = jnp.where(ok, state.lam * jnp.maximum(1 / 3, 1 - (2 * jnp.minimum(rho, 1.0) - 1) ** 3), state.lam * state.nu)
-        nu = jnp.where(ok, 2.0, 2 * state.nu)
+        ok, rho, lam, nu = trust_update(state.F, F_new, pred, state.lam, state.nu)
         params = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new_params, state.params)
         F = jnp.where(ok, F_new, state.F)
-
         g_inf = jnp.maximum(jnp.max(jnp.abs(gX)), jnp.max(jnp.abs(gY)))
         theta = jnp.sqrt(jnp.sum(X**2) + jnp.sum(Y**2))
         dnorm = jnp.sqrt(jnp.sum(stepX**2) + jnp.sum(stepY**2))
-        small_f = ok & (actual <= ftol * state.F)
-        small_g = g_inf <= gtol * jnp.maximum(state.F, jnp.finfo(F.dtype).tiny)
-        small_x = ok & (dnorm <= xtol * (theta + xtol))
-        stalled = nu >= 2.0**12  # 11 rejections in a row
-        done = small_f | small_g | small_x | stalled | ~jnp.isfinite(state.F)
+        done = converged(ok, state.F, F_new, g_inf, dnorm, theta, nu, ftol, gtol, xtol)
         return SparseGNState(params, F, lam, nu, ok, state.n_accepted + ok.astype(jnp.int32), g_inf, rho,
                              k, relres, done)
 

@@ -36,21 +36,42 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+def field_help() -> dict:
+    """Each RunConfig field's help text: the comment beside its default in config.py."""
+    import inspect
+    import re
+
+    try:
+        src = inspect.getsource(RunConfig)
+    except (OSError, TypeError):  # no source shipped: flags without help
+        return {}
+    return {m.group(1): m.group(2).replace("%", "%%")
+            for m in re.finditer(r"^\s+(\w+): [^#\n]*#\s*(.+)$", src, flags=re.M)}
+
+
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="run.py", description="Fit V ≈ exp(A) exp(B)ᵀ on a mask, many seeds at once.")
+    p = _Parser(prog="run.py", description="Fit V ≈ exp(A) exp(B)ᵀ on a mask, many seeds at once.",
+                epilog="Inputs and outputs: shared/CONTRACT.md; defaults reproduce the question.")
     defaults = RunConfig()
+    helps = field_help()
     for f in dataclasses.fields(RunConfig):
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
         if f.type in ("bool",) or isinstance(default, bool):
-            p.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction)
+            p.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction,
+                           help=helps.get(f.name))
             continue
         kind = {int: int, float: float}.get(type(default), str)
         if f.name in ("steps", "precision", "seeds"):
             kind = int
         if f.name in ("l2", "lr"):
             kind = float
-        p.add_argument(flag, dest=f.name, type=kind, default=None)
+        metavar = "|".join(map(str, CHOICES[f.name])) if f.name in CHOICES else None
+        if f.name == "solver":
+            from lrfactor.solvers import SOLVERS
+
+            metavar = "|".join(sorted(SOLVERS))
+        p.add_argument(flag, dest=f.name, type=kind, default=None, metavar=metavar, help=helps.get(f.name))
     p.add_argument("--resume", metavar="DIR", default=None, help="continue the interrupted run saved in DIR")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p

@@ -121,3 +121,14 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, monkeypatch):
     fa, fb = read_npz(os.path.join(full, "factors.npz")), read_npz(os.path.join(part, "factors.npz"))
     np.testing.assert_array_equal(fa["W"], fb["W"])
     assert json.load(open(os.path.join(part, "summary.json")))["complete"] is True
+
+
+def test_every_flag_has_help_from_config_comments():
+    helps = cli.field_help()
+    import dataclasses
+
+    from lrfactor.config import RunConfig
+
+    assert set(helps) == {f.name for f in dataclasses.fields(RunConfig)}
+    text = cli.parser().format_help()
+    assert "model rank r" in text and "--precision 32|64" in text

@@ -83,6 +83,7 @@ class RunResult(NamedTuple):
     traces: list  # [(step, {name: (S, ...)})]
     wall_s: float  # solver time after compilation
     compile_s: float
+    trace_s: float = 0.0  # time in Hessian traces (their compilation included), not part of wall_s
 
 
 def run(
@@ -129,11 +130,16 @@ def run(
         history = {k: np.asarray(v)[:, None] for k, v in rec.items()}
         history["wall_s"] = np.zeros_like(history["train_mse"], dtype=np.float64)
 
+    trace_s = 0.0
+
     def take_trace():
+        nonlocal trace_s
         step = int(np.max(np.asarray(carry.t)))
         if traces and traces[-1][0] == step:
             return
+        t0 = time.perf_counter()
         out = jax.device_get(trace_fn(carry.state.params, problem, trace_keys))
+        trace_s += time.perf_counter() - t0
         traces.append((step, {k: np.asarray(v) for k, v in out.items()}))
 
     if tracer is not None and trace_every and not traces:
@@ -177,4 +183,4 @@ def run(
     # Trim to the steps actually taken by any seed.
     last = int(np.max(np.asarray(carry.t)))
     history = {k: v[:, : last + 1] for k, v in history.items()}
-    return RunResult(carry, history, traces, wall, compile_s)
+    return RunResult(carry, history, traces, wall, compile_s, trace_s)

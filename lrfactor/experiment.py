@@ -153,7 +153,7 @@ def build(prep: Prepared):
     return solver, carry, tracer, trace_keys
 
 
-def _summary(prep: Prepared, res_history, carry, refs, wall, compile_s, complete: bool) -> dict:
+def _summary(prep: Prepared, res_history, carry, refs, wall, compile_s, complete: bool, trace_s=None) -> dict:
     cfg = prep.cfg
     S = len(prep.seeds)
     final_train = res_history["train_mse"][:, -1]
@@ -172,6 +172,8 @@ def _summary(prep: Prepared, res_history, carry, refs, wall, compile_s, complete
         "wall_s": wall,
         "compile_s": compile_s,
     }
+    if trace_s is not None:
+        summary["trace_s"] = trace_s  # Hessian tracing in the last process, compilation included
     if refs:
         summary["reference"] = refs
         rel = {"truth_val": final_val / refs["truth_val_mse"]}
@@ -184,7 +186,8 @@ def _summary(prep: Prepared, res_history, carry, refs, wall, compile_s, complete
     return summary
 
 
-def _write_outputs(out: str, prep: Prepared, solver, carry, history, traces, refs, wall, compile_s, complete):
+def _write_outputs(out: str, prep: Prepared, solver, carry, history, traces, refs, wall, compile_s, complete,
+                   trace_s=None):
     S = len(prep.seeds)
     history = {k: v[:S] for k, v in history.items()}
     history["step"] = np.arange(history["train_mse"].shape[1])
@@ -201,7 +204,8 @@ def _write_outputs(out: str, prep: Prepared, solver, carry, history, traces, ref
         keys = traces[0][1].keys()
         arrays = {k: np.stack([tr[k] for _, tr in traces], axis=1)[:S] for k in keys}
         results.write_npz(os.path.join(out, "hessian.npz"), steps=steps, **arrays)
-    results.write_json(os.path.join(out, "summary.json"), _summary(prep, history, carry, refs, wall, compile_s, complete))
+    results.write_json(os.path.join(out, "summary.json"), _summary(prep, history, carry, refs, wall, compile_s, complete,
+                                                                               trace_s))
 
 
 def _checkpoint(out, carry, history, traces, wall, compile_s):
@@ -263,7 +267,8 @@ def execute(cfg: RunConfig, out: str, *, resume: bool = False, progress: bool = 
         history=history, traces=traces, wall_offset=wall, on_chunk=on_chunk, progress=progress,
     )
     compile_s = res.compile_s if compile_prev is None else compile_prev + res.compile_s
-    _write_outputs(out, prep, solver, res.carry, res.history, res.traces, refs, res.wall_s, compile_s, complete=True)
+    _write_outputs(out, prep, solver, res.carry, res.history, res.traces, refs, res.wall_s, compile_s, complete=True,
+                   trace_s=res.trace_s if cfg.hessian_every else None)
     ck = os.path.join(out, "checkpoint.npz")
     if os.path.exists(ck):
         os.unlink(ck)

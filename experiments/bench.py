@@ -233,9 +233,9 @@ def part_flagship(a, S: Setup) -> dict:
         if a.verbose and len(tr.step_s) % 10 == 0:
             print(f"  flagship it {len(tr.step_s)}: {tr.wall[-1]:.1f} s train {tr.train[-1]:.3g} val {tr.val[-1]:.3g}",
                   flush=True)
-    rec = {"solver": "lrfactor gauss_newton (joint LM, Levenberg λI, Nielsen, exact Schur)",
+    rec = {"solver": "lrfactor gauss_newton (joint LM, Levenberg λI, Nielsen, exact Schur, " + S.cfg.schur_precision + ")",
            "settings": {k: getattr(S.cfg, k) for k in ("method", "damping", "lambda0", "lm_update", "ftol",
-                                                        "gtol", "xtol", "linear_solver")},
+                                                        "gtol", "xtol", "schur_precision")},
            "compile_s": compile_s, "step_bytes": compiled_bytes(compiled), "accepted": n_acc,
            "stopped_by": "own test" if bool(state.done) else "budget", **tr.record(S.refs)}
     return rec
@@ -654,8 +654,11 @@ def table(out) -> str:
     cmp = comparisons(out)
     ref = (flag or {}).get("reference", {})
     lines += ["# Benchmarks on the question's problem", ""]
-    lines += [f"Device: {env['devices']['platform']} ×{env['devices']['count']} ({env['cpu_count']} CPUs, "
-              f"**shared with other jobs while measured**: absolute times are noisy, competing solvers were timed "
+    loads = {p: d.get("load_avg_1min") for p, d in parts.items() if d is not None}
+    load_txt = ", ".join(f"{p} {_fmt(v[0])}→{_fmt(v[1])}" if v else f"{p} not recorded (machine shared with other jobs)"
+                         for p, v in loads.items())
+    lines += [f"Device: {env['devices']['platform']} ×{env['devices']['count']} ({env['cpu_count']} CPUs; 1-minute "
+              f"load average before→after each part, this process included: {load_txt}; competing solvers timed "
               f"back-to-back in one process), jax {env['versions']['jax']}, float64 "
               f"(x64={env['x64']}). Problem: n=1000, m=100, true rank 12, model rank 8, 50 % observed, seed "
               f"{(flag or {}).get('seed', '?')}; every solver starts from the flagship's Keras init. Times are "
@@ -797,12 +800,15 @@ def main(argv=None) -> int:
             print(f"setup (problem, oracle) {time.perf_counter() - t0:.1f} s: oracle train "
                   f"{S.refs['oracle_train_mse']:.3g} val {S.refs['oracle_val_mse']:.3g}", flush=True)
         print(f"[{part}] ...", flush=True)
+        load_before = os.getloadavg()[0]
         t0 = time.perf_counter()
         rec = globals()["part_" + part](a, S)
         rec.update({"part": part, "seed": a.seed, "precision": 64, "part_s": time.perf_counter() - t0,
                     "generated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "process_maxrss_bytes": maxrss_bytes(),
-                    "machine_note": "CPU shared with other jobs while measured; competing solvers timed "
-                                    "back-to-back in one process when run with --part all",
+                    # 1-minute load average (this process included) before and after the part: how
+                    # much else was running while it was timed
+                    "load_avg_1min": [load_before, os.getloadavg()[0]],
+                    "machine_note": "competing solvers timed back-to-back in one process when run with --part all",
                     "environment": env, "args": vars(a)})
         if S is not None and part not in ("dense", "adam"):
             rec["reference"] = S.refs

@@ -21,7 +21,6 @@ CHOICES = {
     "method": ("varpro", "joint", "joint_epi"),
     "damping": ("levenberg", "marquardt", "sqrt"),
     "mlp_dims": ("log", "linear"),
-    "linear_solver": ("dense", "cg"),
     "lm_update": ("nielsen", "fast"),
     "schur_precision": ("full", "mixed"),
 }

@@ -54,9 +54,8 @@ class RunConfig:
     lm_update: str = "nielsen"  # λ after an accepted step: nielsen (Ceres) or fast (×lam_down when ρ > 1/4)
     lam_down: float = 0.2  # λ factor after a good step with lm_update=fast
     schur_precision: str = "mixed"  # mixed: reduced system in float32 + 2 refinements in float64 (same iterates, 1.5x faster); full
+    max_step: float = 0.0  # cap on max|Δ| of a Gauss-Newton step in log space, direction kept (0: no cap)
     geodesic: bool = False  # geodesic acceleration of the LM step (Transtrum & Sethna 2012)
-    linear_solver: str = "dense"  # dense (Cholesky of the reduced system) or cg (PCG, block-Jacobi)
-    cg_iters: int = 50  # PCG iteration cap (linear_solver=cg)
     ftol: float = 1e-10  # stop when the relative decrease of the objective over an accepted step is below this
     gtol: float = 1e-12  # stop when max|gradient| falls below this times the objective's scale
     xtol: float = 1e-10  # stop when the step is below this relative to the parameters

@@ -5,7 +5,10 @@ program, ``jit(vmap(scan(step)))`` over the seed axis; between chunks the host
 updates the progress bar, takes Hessian traces when asked and writes a
 checkpoint, so an interrupted run loses at most one chunk. A seed whose state
 says ``done`` (or that has used its budget) is frozen with ``jnp.where``: the
-batch stays one program and per-step histories come out stacked by seed.
+batch stays one program and per-step histories come out stacked by seed. Once
+at most half of the compiled batch is still running, the chunk is recompiled
+for the running seeds alone, so a long tail of a few slow seeds does not pay
+for the finished ones.
 
 With several devices the seed axis is sharded over a 1-D mesh
 (``NamedSharding``); jit propagates the sharding through every chunk.
@@ -84,6 +87,7 @@ class RunResult(NamedTuple):
     wall_s: float  # solver time after compilation
     compile_s: float
     trace_s: float = 0.0  # time in Hessian traces (their compilation included), not part of wall_s
+    batch_sizes: tuple = ()  # seed-batch sizes the chunk was compiled for (compaction)
 
 
 def run(
@@ -102,6 +106,7 @@ def run(
     wall_offset: float = 0.0,
     on_chunk: Optional[Callable] = None,
     progress: bool = True,
+    compact: bool = True,
 ) -> RunResult:
     """Run (or continue) a batch of seeds to the step budget.
 
@@ -111,7 +116,8 @@ def run(
     resumed run. ``on_chunk(carry, history, traces, wall_s, compile_s)`` is
     called after every chunk (checkpointing).
     """
-    sharding = seed_sharding(int(carry.t.shape[0]))
+    S = int(carry.t.shape[0])
+    sharding = seed_sharding(S)
     carry = shard(carry, sharding)
     if problem_axis == 0:
         problem = shard(problem, sharding)
@@ -129,7 +135,6 @@ def run(
         rec = jax.device_get(measure(carry.state, problem))
         history = {k: np.asarray(v)[:, None] for k, v in rec.items()}
         history["wall_s"] = np.zeros_like(history["train_mse"], dtype=np.float64)
-
     trace_s = 0.0
 
     def take_trace():
@@ -153,12 +158,43 @@ def run(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=n_chunks * chunk, initial=start_chunk * chunk, unit="step", leave=False, dynamic_ncols=True)
+    # Active-set compaction: a frozen seed costs as much as a running one inside
+    # the vmapped chunk, so once at most half of the batch is still running the
+    # chunk is recompiled for the running seeds alone (padded to the device
+    # count with copies) and their results are scattered back. A frozen seed's
+    # per-step record is constant, so its history is its last column repeated:
+    # exactly what the full batch would have recorded.
+    active = np.arange(S)  # seeds the compiled chunk advances, in batch order
+    batch_sizes = [S]
     for c in range(start_chunk, n_chunks):
-        if bool(np.all(np.asarray(carry.state.done) | (np.asarray(carry.t) >= steps))):
+        running = np.flatnonzero(~(np.asarray(carry.state.done) | (np.asarray(carry.t) >= steps)))
+        if running.size == 0:
             break
+        if compact and running.size <= len(active) // 2:
+            k = jax.local_device_count()
+            active = np.concatenate([running, np.repeat(running[-1:], (-running.size) % k)])
+            sub_sharding = seed_sharding(len(active))
+            take = lambda tree: shard(jax.tree.map(lambda x: x[active], tree), sub_sharding)
+            sub_problem = take(problem) if problem_axis == 0 else problem
+            t0 = time.perf_counter()
+            compiled = advance.lower(take(carry), sub_problem).compile()
+            compile_s += time.perf_counter() - t0
+            batch_sizes.append(len(active))
         tc = time.perf_counter()
-        carry, rec = compiled(carry, problem)
-        rec = jax.device_get(rec)
+        if len(active) == S:
+            carry, rec = compiled(carry, problem)
+            rec = jax.device_get(rec)
+        else:
+            sub, rec = compiled(take(carry), sub_problem)
+            idx = jnp.asarray(active)
+            carry = jax.tree.map(lambda full, part: full.at[idx].set(part), carry, sub)
+            carry = shard(carry, sharding)
+            rec_sub = jax.device_get(rec)
+            rec = {}
+            for name, v in rec_sub.items():  # frozen seeds: their last record, repeated
+                full = np.repeat(history[name][:, -1:], chunk, axis=1).astype(np.asarray(v).dtype)
+                full[active] = np.asarray(v)
+                rec[name] = full
         dt = time.perf_counter() - tc
         # Wall time is measured per chunk and spread evenly over its steps.
         steps_wall = wall + dt * np.arange(1, chunk + 1) / chunk
@@ -173,7 +209,8 @@ def run(
         if bar is not None:
             bar.update(chunk)
             bar.set_postfix(train=f"{np.nanmedian(history['train_mse'][:, -1]):.3g}",
-                            val=f"{np.nanmedian(history['val_mse'][:, -1]):.3g}")
+                            val=f"{np.nanmedian(history['val_mse'][:, -1]):.3g}",
+                            running=f"{running.size}/{S}")
         if on_chunk is not None:
             on_chunk(carry, history, traces, wall, compile_s)
     if bar is not None:
@@ -183,4 +220,4 @@ def run(
     # Trim to the steps actually taken by any seed.
     last = int(np.max(np.asarray(carry.t)))
     history = {k: v[:, : last + 1] for k, v in history.items()}
-    return RunResult(carry, history, traces, wall, compile_s, trace_s)
+    return RunResult(carry, history, traces, wall, compile_s, trace_s, tuple(batch_sizes))

@@ -277,7 +277,10 @@ def execute(cfg: RunConfig, out: str, *, resume: bool = False, progress: bool = 
 
 def load_config(out: str) -> RunConfig:
     rec = results.read_json(os.path.join(out, "config.json"))
-    return RunConfig(**rec["config"])
+    known = {f.name for f in dataclasses.fields(RunConfig)}
+    # Settings later removed from RunConfig (they changed nothing for this
+    # run's solver) are dropped, so older runs still resume.
+    return RunConfig(**{k: v for k, v in rec["config"].items() if k in known})
 
 
 def default_out(cfg: RunConfig) -> str:

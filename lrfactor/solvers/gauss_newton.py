@@ -421,6 +421,7 @@ def make_gauss_newton(
     lam_down: float = 0.2,
     schur_precision: str = "full",
     refine: int = 2,
+    max_step: float = 0.0,
 ) -> Solver:
     """The flagship solver. Fixed settings are arguments; λ, counters and ``done`` live in the state."""
     if method not in METHODS:
@@ -534,6 +535,14 @@ def make_gauss_newton(
             ratio = 2 * jnp.sqrt((jnp.sum(aX**2) + jnp.sum(aY**2)) / (jnp.sum(stepX**2) + jnp.sum(stepY**2)))
             accel_ok = ratio <= geodesic_alpha
             stepX, stepY = stepX + 0.5 * aX, stepY + 0.5 * aY
+
+        if max_step > 0:
+            # A cap on the log-space step (max |Δ| ≤ max_step, the direction
+            # kept): a factor changes by at most e^max_step per iteration, so
+            # one early Gauss-Newton step cannot drive entries to exp(−20).
+            size = jnp.maximum(jnp.max(jnp.abs(stepX)), jnp.max(jnp.abs(stepY)))
+            shrink = jnp.minimum(1.0, max_step / jnp.maximum(size, 1e-300))
+            stepX, stepY = shrink * stepX, shrink * stepY
 
         if newton_iters and damp_rows:
             # Newton-CG on the exact Hessian, preconditioned by the factored

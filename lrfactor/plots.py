@@ -45,6 +45,7 @@ from lrfactor import results  # noqa: E402
 SKIP = 50  # steps hidden at the start of long runs (the question's n_skip)
 SKIP_ABOVE = 100  # ... when a run has more steps than this
 MAX_DENSITY_SEEDS = 4  # spectral-density panels (one per seed)
+SUCCESS_FACTOR = 1.01  # a seed succeeds at train MSE ≤ this × its oracle (as summary.json)
 
 
 class PlotError(ValueError):
@@ -138,6 +139,57 @@ def loss_figure(run: dict) -> plt.Figure:
         ax.set_xlabel("step" + (f" (first {skip} not shown)" if skip else ""))
         ax.grid(True, which="both", alpha=0.3)
     axes[1].legend(fontsize=7, loc="best")
+    fig.suptitle(run["name"])
+    fig.tight_layout()
+    return fig
+
+
+def _per_seed_reference(run: dict, key: str, S: int) -> Optional[np.ndarray]:
+    vals = run.get("summary", {}).get("reference", {}).get(key)
+    if vals is None:
+        return None
+    vals = np.asarray([np.nan if v is None else v for v in np.atleast_1d(vals)], float)
+    return np.broadcast_to(vals, (S,)) if vals.size in (1, S) else None
+
+
+def success_curve(run: dict, factor: float = SUCCESS_FACTOR):
+    """(steps, fraction of seeds whose train MSE has been ≤ factor × their oracle's by that step).
+
+    None when the run has no oracle (``--data`` without truth)."""
+    h = run["history"]
+    y = np.asarray(h["train_mse"], float)
+    oracle = _per_seed_reference(run, "oracle_train_mse", y.shape[0])
+    if oracle is None:
+        return None
+    hit = np.logical_or.accumulate(y <= factor * oracle[:, None], axis=1)
+    return _steps(run), hit.mean(axis=0)
+
+
+def success_figure(run: dict) -> Optional[plt.Figure]:
+    """Many seeds at a glance: train MSE relative to each seed's oracle, and the success rate against step."""
+    curve = success_curve(run)
+    if curve is None:
+        return None
+    h = run["history"]
+    steps, frac = curve
+    y = np.asarray(h["train_mse"], float)
+    rel = y / _per_seed_reference(run, "oracle_train_mse", y.shape[0])[:, None]
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for k in range(rel.shape[0]):
+        ax0.plot(steps, _positive(rel[k]), color="C0", lw=0.6, alpha=0.5)
+    ax0.axhline(SUCCESS_FACTOR, color="k", ls=":", lw=1.2, label=f"success: {SUCCESS_FACTOR} × oracle")
+    ax0.set_yscale("log")
+    ax0.set_xlabel("step")
+    ax0.set_ylabel("train MSE / oracle train MSE")
+    ax0.set_title(f"{rel.shape[0]} seeds, each against its own oracle")
+    ax0.legend(fontsize=8)
+    ax0.grid(True, which="both", alpha=0.3)
+    ax1.plot(steps, 100 * frac, color="C1", lw=1.5)
+    ax1.set_xlabel("step")
+    ax1.set_ylabel("seeds within 1 % of the oracle (%)")
+    ax1.set_ylim(0, 100)
+    ax1.set_title(f"success rate: {100 * frac[-1]:.0f} % at step {steps[-1]}")
+    ax1.grid(True, alpha=0.3)
     fig.suptitle(run["name"])
     fig.tight_layout()
     return fig
@@ -408,6 +460,9 @@ def plot_run(run: dict, out: Optional[str] = None, prefix: str = "") -> list:
     """Write a run's figures into ``out`` (default: its folder). Returns the paths written."""
     out = out or run["folder"]
     paths = [_save(loss_figure(run), os.path.join(out, prefix + "loss.png"))]
+    fig = success_figure(run)
+    if fig is not None:
+        paths.append(_save(fig, os.path.join(out, prefix + "success.png")))
     if "hessian" in run:
         paths.append(_save(hessian_traces_figure(run), os.path.join(out, prefix + "hessian_traces.png")))
         if "lanczos_alpha" in run["hessian"]:
@@ -422,5 +477,5 @@ def plot_compare(runs: Sequence[dict], out: Optional[str] = None) -> str:
     return _save(compare_figure(runs), os.path.join(out, "compare.png"))
 
 
-__all__ = ["PlotError", "load", "loss_figure", "hessian_traces_figure", "spectral_density_figure",
+__all__ = ["PlotError", "load", "loss_figure", "success_curve", "success_figure", "hessian_traces_figure", "spectral_density_figure",
            "loss_vs_index_figure", "compare_figure", "slq_density", "quadrature_nodes", "plot_run", "plot_compare"]

@@ -14,7 +14,7 @@ import pytest
 from lrfactor import cli, plots
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-FIGURES = ("loss.png", "hessian_traces.png", "spectral_density.png", "loss_vs_index.png")
+FIGURES = ("loss.png", "success.png", "hessian_traces.png", "spectral_density.png", "loss_vs_index.png")
 
 
 def _plot_main():
@@ -130,3 +130,23 @@ def test_slq_density_is_a_normalized_smoothing_of_the_quadrature():
     np.testing.assert_allclose(np.trapezoid(rho_g, s), 1.0, rtol=1e-6)
     np.testing.assert_allclose(np.trapezoid(np.where(np.abs(s) < 0.1, rho_g - 0.8 * rho, 0), s), 0.2, rtol=1e-6)
     assert np.all(np.isnan(plots.quadrature_nodes(np.full((1, 3), np.nan), np.zeros((1, 2)))[0]))
+
+
+def test_success_curve_counts_seeds_that_have_reached_their_own_oracle():
+    # seed 0 reaches 1.01 × its oracle at step 2, seed 1 at step 4 then rises again
+    # (it still counts: reached), seed 2 never does.
+    train = np.array([[5.0, 2.0, 1.005, 1.0, 1.0],
+                      [9.0, 8.0, 6.0, 5.0, 2.02],
+                      [3.0, 3.0, 3.0, 3.0, 3.0]]) * np.array([[1.0], [2.0], [1.0]])
+    train[1, -1] = 2.5
+    train[1, 3] = 2.0
+    run = {"history": {"train_mse": train, "val_mse": train, "step": np.arange(5)},
+           "summary": {"seeds": [0, 1, 2], "reference": {"oracle_train_mse": [1.0, 2.0, 1.0]}},
+           "config": {"config": {"solver": "gauss_newton"}}, "name": "gn"}
+    steps, frac = plots.success_curve(run)
+    np.testing.assert_allclose(frac, [0, 0, 1 / 3, 2 / 3, 2 / 3])
+    fig = plots.success_figure(run)
+    rate = fig.axes[1].get_lines()[0].get_ydata()
+    np.testing.assert_allclose(rate, 100 * frac)
+    del run["summary"]["reference"]
+    assert plots.success_curve(run) is None and plots.success_figure(run) is None

@@ -101,9 +101,18 @@ def truth_start(truth: Truth, rank: int) -> Factors:
 def oracle(prep: Prepared, iters: int = 20) -> dict:
     """The oracle optimum (DESIGN.md §1): joint LM polished from the truncated true factors.
 
-    Unpenalised MSE, float64 when enabled. A reference point to judge blind
-    starts by, not the global optimum.
+    Unpenalised MSE, always in float64 (a float32 run's data are cast up, so
+    its blind starts are judged against the same well-polished point as a
+    float64 run's). A reference point to judge blind starts by, not the global
+    optimum.
     """
+    with jax.enable_x64(True):
+        f64 = lambda tree: jax.tree.map(lambda x: jnp.asarray(x, jnp.float64) if jnp.issubdtype(x.dtype, jnp.floating)
+                                        else x, tree)
+        return _oracle(prep._replace(problem=f64(prep.problem), truth=f64(prep.truth)), iters)
+
+
+def _oracle(prep: Prepared, iters: int) -> dict:
     from lrfactor.solvers.gauss_newton import make_gauss_newton
 
     solver = make_gauss_newton(loss="frobenius", l2=0.0, rank=prep.cfg.rank, method="joint", lambda0=1e-6)

@@ -81,3 +81,21 @@ def test_compacting_the_running_seeds_changes_no_result():
         np.testing.assert_allclose(comp.history[k], full.history[k], rtol=1e-9, atol=0, err_msg=k)
     np.testing.assert_array_equal(comp.carry.t, full.carry.t)
     np.testing.assert_array_equal(comp.carry.state.done, full.carry.state.done)
+
+
+def test_float32_run_is_judged_against_a_float64_oracle():
+    cfg = _cfg(precision=32, seeds=2)
+    jax.config.update("jax_enable_x64", False)
+    try:
+        prep32 = experiment.prepare(cfg)
+        assert prep32.problem.V.dtype == jnp.float32
+        ref32 = experiment.oracle(prep32)
+    finally:
+        jax.config.update("jax_enable_x64", True)
+    # The same float32 data, cast up, polished in a float64 session.
+    up = lambda x: jnp.asarray(np.asarray(x), jnp.float64) if np.asarray(x).dtype.kind == "f" else jnp.asarray(x)
+    prep64 = prep32._replace(problem=jax.tree.map(up, prep32.problem), truth=jax.tree.map(up, prep32.truth))
+    ref64 = experiment.oracle(prep64)
+    for k in ("oracle_train_mse", "oracle_val_mse"):
+        assert np.asarray(ref32[k]).dtype == np.float64
+        np.testing.assert_allclose(ref32[k], ref64[k], rtol=1e-12)

@@ -685,7 +685,9 @@ def table(out) -> str:
                      f"{_fmt(d.get('time_to_success_s'), ' s')} | {ratio} |")
 
     if flag:
-        row("**lrfactor GN** (joint LM, λI, exact Schur)", flag, _mib(flag.get("step_bytes")))
+        prec = flag.get("settings", {}).get("schur_precision", "full")
+        row(f"**lrfactor GN** (joint LM, λI, Schur {'float32 + float64 refinement' if prec == 'mixed' else 'float64'})",
+            flag, _mib(flag.get("step_bytes")))
     d = parts["optimistix"]
     if d:
         row(f"optimistix LM + LSMR (tol {d['settings']['lsmr_rtol']:g})", d, _mib(d.get("step_bytes")), "optimistix")

@@ -90,7 +90,15 @@ def main(argv=None):
     from lrfactor.config import RunConfig, resolve
     from lrfactor.results import environment, write_json
 
-    rows = []
+    env = environment()
+    os.makedirs(a.out, exist_ok=True)
+    path = os.path.join(a.out, f"throughput-{env['devices']['platform']}.json")
+    rows, scaling = [], {}
+
+    def save():  # after every measurement, atomically: an interrupted benchmark keeps what it measured
+        write_json(path, {"environment": env, "steps_per_chunk": a.steps, "rows": rows, "scaling": scaling,
+                          "args": vars(a)})
+
     for solver in a.solvers:
         for S in a.seeds:
             cfg = resolve(RunConfig(solver=solver, seeds=S, precision=a.precision))
@@ -100,6 +108,7 @@ def main(argv=None):
             except Exception as e:  # e.g. out of memory at the largest batch: record it, go on
                 rows.append({"solver": solver, "seeds": S, "error": f"{type(e).__name__}: {str(e)[:200]}"})
                 print(f"{solver:>12} S={S:5d}: failed ({type(e).__name__})", flush=True)
+                save()
                 continue
             row = {
                 "solver": solver, "seeds": S, "precision": cfg.precision, "s_per_step": sec,
@@ -112,11 +121,12 @@ def main(argv=None):
             print(f"{solver:>12} S={S:5d} f{cfg.precision}: {sec * 1e3:9.2f} ms/step  "
                   f"{S / sec:10.1f} seed-steps/s  {row['seeds_per_s_full_run']:8.3f} seeds/s ({cfg.steps} steps)  "
                   f"{mb} MiB/seed  compile {comp:.1f} s", flush=True)
+            save()
 
-    scaling = []
     if a.scaling:
         jax.config.update("jax_enable_x64", True)
         rate = matmul_rate(jax.numpy.float64)
+        scaling = {"matmul_gflops_f64": rate / 1e9, "rows": []}
         base = dict(n=1000, m=100, rank=8, observed=0.5)
         variants = [base, dict(base, n=2000), dict(base, n=4000), dict(base, m=200), dict(base, m=400),
                     dict(base, rank=4), dict(base, rank=16), dict(base, observed=0.1), dict(base, observed=0.9)]
@@ -125,18 +135,13 @@ def main(argv=None):
                                     rank=v["rank"], observed=v["observed"], true_rank=max(12, v["rank"])))
             sec, _, nbytes = time_chunk(cfg, 5)
             fl = gn_flops(v["n"], v["m"], v["rank"])
-            scaling.append({**v, "s_per_iter": sec, "schur_flops": fl, "flop_time_s": fl / rate,
+            scaling["rows"].append({**v, "s_per_iter": sec, "schur_flops": fl, "flop_time_s": fl / rate,
                             "ratio_to_flop_time": sec / (fl / rate), "bytes": nbytes})
             print(f"GN n={v['n']:5d} m={v['m']:4d} r={v['rank']:2d} obs={v['observed']:.1f}: {sec * 1e3:8.1f} ms/iter, "
                   f"Schur {fl / 1e9:.2f} GFLOP = {fl / rate * 1e3:.1f} ms at {rate / 1e9:.0f} GFLOP/s "
                   f"(x{sec / (fl / rate):.2f})", flush=True)
-        scaling = {"matmul_gflops_f64": rate / 1e9, "rows": scaling}
-
-    env = environment()
-    os.makedirs(a.out, exist_ok=True)
-    write_json(os.path.join(a.out, f"throughput-{env['devices']['platform']}.json"),
-               {"environment": env, "steps_per_chunk": a.steps, "rows": rows, "scaling": scaling,
-                "args": vars(a)})
+            save()
+    save()
     return 0
 
 

@@ -78,7 +78,7 @@ def gn_flops(n, m, r):
 def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 10, 100])
-    p.add_argument("--solvers", nargs="+", default=["gauss_newton", "adam", "sgd", "hals", "mu"])
+    p.add_argument("--solvers", nargs="*", default=["gauss_newton", "adam", "sgd", "hals", "mu"])
     p.add_argument("--steps", type=int, default=10, help="steps per timed chunk")
     p.add_argument("--precision", type=int, default=None, help="32 or 64; default: each solver's own")
     p.add_argument("--scaling", action="store_true", help="also time one GN iteration against n, m, r, observed")

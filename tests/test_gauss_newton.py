@@ -125,3 +125,28 @@ def test_mixed_precision_refinement_recovers_the_float64_step():
         errs.append(max(float(jnp.max(jnp.abs(x[k] - ref[k])) / jnp.max(jnp.abs(ref[k]))) for k in (0, 1)))
     assert errs[0] > 1e-9  # the float32 factor alone is visibly inexact
     assert errs[1] < 1e-9 and errs[1] < 1e-3 * errs[0]
+
+
+def test_step_cap_bounds_every_log_space_step_and_keeps_the_direction():
+    problem, _ = small_problem(seed=4, n=30, m=12, true_rank=4)
+    free = gn.make_gauss_newton(rank=3, init="scaled", lambda0=1.0)
+    capped = gn.make_gauss_newton(rank=3, init="scaled", lambda0=1.0, max_step=0.25)
+    p0 = free.init_params(jax.random.PRNGKey(0), problem)
+    s_free, s_cap = free.init(p0, problem, None), capped.init(p0, problem, None)
+    # From the same state the capped step is the free step scaled to max|Δ| = 0.25.
+    a, b = jax.jit(free.step)(s_free, problem), jax.jit(capped.step)(s_cap, problem)
+    dA, dB = a.params.A - p0.A, a.params.B - p0.B
+    big = max(float(jnp.max(jnp.abs(dA))), float(jnp.max(jnp.abs(dB))))
+    assert bool(a.accepted) and bool(b.accepted) and big > 0.25  # a large first step, taken
+    np.testing.assert_allclose(b.params.A - p0.A, dA * 0.25 / big, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(b.params.B - p0.B, dB * 0.25 / big, rtol=1e-9, atol=1e-12)
+    step = jax.jit(capped.step)
+    state, F = s_cap, [float(s_cap.F)]
+    for _ in range(30):
+        new = step(state, problem)
+        d = max(float(jnp.max(jnp.abs(new.params.A - state.params.A))),
+                float(jnp.max(jnp.abs(new.params.B - state.params.B))))
+        assert d <= 0.25 * (1 + 1e-12)
+        state = new
+        F.append(float(state.F))
+    assert np.all(np.diff(F) <= 0) and F[-1] < F[0]

@@ -60,9 +60,10 @@ def read_json(path: str) -> Any:
         return json.load(f)
 
 
-def write_npz(path: str, **arrays) -> None:
+def write_npz(path: str, _compress: bool = True, **arrays) -> None:
+    """Atomically write ``arrays`` to ``path``; compressed unless ``_compress=False``."""
     buf = io.BytesIO()
-    np.savez_compressed(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+    (np.savez_compressed if _compress else np.savez)(buf, **{k: np.asarray(v) for k, v in arrays.items()})
     _atomic_write_bytes(path, buf.getvalue())
 
 

@@ -14,6 +14,6 @@ python3 experiments/throughput.py --solvers gauss_newton adam hals --seeds 1 10 
 # float32 and float64 side by side for the flagship at 1,000 seeds
 python3 experiments/throughput.py --solvers gauss_newton --seeds 1000 --steps 10 --precision 32 --out "$dest/f32"
 start=$(date +%s)
-python3 experiments/run.py --solver gauss_newton --seeds 1000 --steps 200 --quiet --out "$dest/gn-1000" | tail -3
+python3 experiments/run.py --solver gauss_newton --seeds 1000 --steps 250 --quiet --out "$dest/gn-1000" | tail -3
 echo "1000-seed flagship run, wall incl. compile and oracle: $(( $(date +%s) - start )) s"
 python3 experiments/success_table.py "$dest/gn-1000" | tail -3

@@ -20,7 +20,6 @@ The JSON (versions, device, precision, both summaries) is written to
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -30,6 +29,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 
+from lrfactor.results import environment, read_json, write_json  # noqa: E402
+
 
 def one_run(args, out):
     cmd = [sys.executable, os.path.join(HERE, "run.py"), "--solver", "adam", "--seeds", str(args.seeds),
@@ -37,10 +38,8 @@ def one_run(args, out):
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True)
     total = time.perf_counter() - t0
-    with open(os.path.join(out, "summary.json")) as f:
-        summary = json.load(f)
-    with open(os.path.join(out, "config.json")) as f:
-        config = json.load(f)
+    summary = read_json(os.path.join(out, "summary.json"))
+    config = read_json(os.path.join(out, "config.json"))
     return {"command": cmd, "process_s": total, "wall_s": summary["wall_s"], "compile_s": summary["compile_s"],
             "trace_s": summary.get("trace_s", 0.0), "epochs": max(summary["final"]["steps"]),
             "config": config}
@@ -54,8 +53,6 @@ def main(argv=None):
     p.add_argument("--out", default="results/trace-overhead")
     p.add_argument("extra", nargs="*", help="further run.py flags for both runs (after --)")
     args = p.parse_args(argv)
-
-    from lrfactor.results import environment, write_json
 
     with tempfile.TemporaryDirectory() as tmp:
         plain = one_run(args, os.path.join(tmp, "plain"))

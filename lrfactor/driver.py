@@ -17,6 +17,7 @@ With several devices the seed axis is sharded over a 1-D mesh
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
@@ -78,6 +79,11 @@ def shard(tree, sharding):
     if sharding is None:
         return tree
     return jax.device_put(tree, sharding)
+
+
+def _take(tree, idx, sharding):
+    """The seeds ``idx`` of a batched pytree, placed on ``sharding``."""
+    return shard(jax.tree.map(lambda x: x[idx], tree), sharding)
 
 
 class RunResult(NamedTuple):
@@ -173,8 +179,8 @@ def run(
         if compact and running.size <= len(active) // 2:
             k = jax.local_device_count()
             active = np.concatenate([running, np.repeat(running[-1:], (-running.size) % k)])
-            sub_sharding = seed_sharding(len(active))
-            take = lambda tree: shard(jax.tree.map(lambda x: x[active], tree), sub_sharding)
+            idx = jnp.asarray(active)
+            take = partial(_take, idx=idx, sharding=seed_sharding(len(active)))
             sub_problem = take(problem) if problem_axis == 0 else problem
             t0 = time.perf_counter()
             compiled = advance.lower(take(carry), sub_problem).compile()
@@ -186,7 +192,6 @@ def run(
             rec = jax.device_get(rec)
         else:
             sub, rec = compiled(take(carry), sub_problem)
-            idx = jnp.asarray(active)
             carry = jax.tree.map(lambda full, part: full.at[idx].set(part), carry, sub)
             carry = shard(carry, sharding)
             rec_sub = jax.device_get(rec)

@@ -89,12 +89,19 @@ def _seeds(run: dict) -> list:
     return list(run.get("summary", {}).get("seeds", range(S)))[:S]
 
 
-def _reference(run: dict, key: str) -> Optional[float]:
+def _reference_values(run: dict, key: str) -> Optional[np.ndarray]:
+    """A summary reference (one value or one per seed) as floats, None → NaN; None when absent."""
     vals = run.get("summary", {}).get("reference", {}).get(key)
     if vals is None:
         return None
-    vals = np.asarray([np.nan if v is None else v for v in np.atleast_1d(vals)], float)
-    return float(np.nanmedian(vals)) if np.isfinite(vals).any() else None
+    return np.asarray([np.nan if v is None else v for v in np.atleast_1d(vals)], float)
+
+
+def _reference(run: dict, key: str) -> Optional[float]:
+    vals = _reference_values(run, key)
+    if vals is None or not np.isfinite(vals).any():
+        return None
+    return float(np.nanmedian(vals))
 
 
 def _steps(run: dict) -> np.ndarray:
@@ -144,25 +151,23 @@ def loss_figure(run: dict) -> plt.Figure:
     return fig
 
 
-def _per_seed_reference(run: dict, key: str, S: int) -> Optional[np.ndarray]:
-    vals = run.get("summary", {}).get("reference", {}).get(key)
-    if vals is None:
+def _relative_to_oracle(run: dict) -> Optional[np.ndarray]:
+    """Each seed's train MSE against step divided by its own oracle's; None without an oracle."""
+    y = np.asarray(run["history"]["train_mse"], float)
+    oracle = _reference_values(run, "oracle_train_mse")
+    if oracle is None or oracle.size not in (1, y.shape[0]):
         return None
-    vals = np.asarray([np.nan if v is None else v for v in np.atleast_1d(vals)], float)
-    return np.broadcast_to(vals, (S,)) if vals.size in (1, S) else None
+    return y / np.broadcast_to(oracle, (y.shape[0],))[:, None]
 
 
 def success_curve(run: dict, factor: float = SUCCESS_FACTOR):
     """(steps, fraction of seeds whose train MSE has been ≤ factor × their oracle's by that step).
 
     None when the run has no oracle (``--data`` without truth)."""
-    h = run["history"]
-    y = np.asarray(h["train_mse"], float)
-    oracle = _per_seed_reference(run, "oracle_train_mse", y.shape[0])
-    if oracle is None:
+    rel = _relative_to_oracle(run)
+    if rel is None:
         return None
-    hit = np.logical_or.accumulate(y <= factor * oracle[:, None], axis=1)
-    return _steps(run), hit.mean(axis=0)
+    return _steps(run), np.logical_or.accumulate(rel <= factor, axis=1).mean(axis=0)
 
 
 def success_figure(run: dict) -> Optional[plt.Figure]:
@@ -170,10 +175,8 @@ def success_figure(run: dict) -> Optional[plt.Figure]:
     curve = success_curve(run)
     if curve is None:
         return None
-    h = run["history"]
     steps, frac = curve
-    y = np.asarray(h["train_mse"], float)
-    rel = y / _per_seed_reference(run, "oracle_train_mse", y.shape[0])[:, None]
+    rel = _relative_to_oracle(run)
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 4.2))
     for k in range(rel.shape[0]):
         ax0.plot(steps, _positive(rel[k]), color="C0", lw=0.6, alpha=0.5)

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 
@@ -6,6 +7,7 @@ import numpy as np
 import pytest
 
 from lrfactor import cli, experiment
+from lrfactor.config import RunConfig
 from lrfactor.results import read_npz
 
 SMALL = ["--n", "40", "--m", "12", "--true-rank", "4", "--rank", "3", "--quiet"]
@@ -125,10 +127,6 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, monkeypatch):
 
 def test_every_flag_has_help_from_config_comments():
     helps = cli.field_help()
-    import dataclasses
-
-    from lrfactor.config import RunConfig
-
     assert set(helps) == {f.name for f in dataclasses.fields(RunConfig)}
     text = cli.parser().format_help()
     assert "model rank r" in text and "--precision 32|64" in text

@@ -70,13 +70,16 @@ one or two nodes standing for the bulk and jumps between probes and steps.
 ``index_significant`` (λ < −1e-3·max|λ|) counts only negative curvature the
 quadrature separates from the bulk.
 
-Why matfree: its ``decomp.tridiag_sym`` is a tested, batchable Lanczos
-tridiagonalization with full reorthogonalization that takes the matvec and its
-parameters explicitly (no closure over data) and vmaps over probes and seeds;
-a hand-rolled loop would repeat it. Its ``reortho="full"`` path is Arnoldi with
-re-orthogonalized Gram-Schmidt, symmetrized, which is exactly the numerically
-safe Lanczos this module wants; we use only the decomposition (the quadrature is
-a few lines here so that the raw tridiagonals can be saved).
+Lanczos (``lanczos``) is a short loop written here rather than matfree's
+``decomp.tridiag_sym``: the basis is kept as k rows of length N, preset to
+zero, and every step reorthogonalizes against all of it by classical
+Gram-Schmidt applied twice (two (k, N) matrix-vector products; the rows not
+yet filled are zero and contribute nothing). In the tracer on the question's
+problem (10 seeds, 4 probes × 80 steps) that costs 0.68 s a trace against
+matfree's Arnoldi-based full reorthogonalization at 1.0 s, a third of the
+tracer's whole cost besides the Hessian-vector products, which nothing here
+can cut. The tests check the tridiagonal against matfree's and the Ritz
+values against dense ``eigh``.
 """
 
 from __future__ import annotations
@@ -87,7 +90,6 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
-from matfree import decomp
 
 from lrfactor.factors import Factors
 
@@ -267,16 +269,53 @@ def complement_maps(Z: jax.Array):
 
 
 def lanczos(matvec: Callable, v0: jax.Array, num_steps: int):
-    """k = ``num_steps`` Lanczos steps with full reorthogonalization (matfree).
+    """k = ``num_steps`` Lanczos steps with full reorthogonalization.
 
     Returns ``(alpha (k,), beta (k−1,), Q (k, N))`` with Q's rows orthonormal,
     Q[0] = v0/‖v0‖ and Q H Qᵀ = T = tridiag(beta, alpha, beta).
     ``num_steps`` must not exceed N (the Krylov space is then all of it).
+
+    Each step forms w = H q_j − α_j q_j − β_{j−1} q_{j−1} and removes its
+    components on the whole basis twice ("twice is enough", Giraud et al.
+    2005), so the basis stays orthonormal to working precision however many
+    Ritz values have converged. If the Krylov space closes early (after the
+    first pass w ≈ 0: an invariant subspace was found, as happens on a small
+    Hessian with repeated eigenvalues), the second pass starts instead from a
+    fixed dense vector (a cosine of the step and the coordinate) and β_j is set to 0: T splits into blocks whose
+    eigenvalues are all eigenvalues of H, and the probe's quadrature weights
+    on the new blocks are exactly zero.
     """
-    alg = decomp.tridiag_sym(num_steps, materialize=False, reortho="full", custom_vjp=False)
-    res = alg(matvec, v0)
-    alpha, beta = res.J_small
-    return alpha, beta, res.Q_tall
+    N = v0.shape[0]
+    k = int(num_steps)
+    if not 1 <= k <= N:
+        raise ValueError(f"num_steps must be in [1, {N}], got {k}")
+    dtype = v0.dtype
+    tiny = jnp.finfo(dtype).eps * 16
+    golden = 2.399963229728653  # 2π/φ²: a dense restart vector that no small structure shares
+
+    def project_out(Q, w):  # one classical Gram-Schmidt pass against every row of Q
+        return w - (Q @ w) @ Q
+
+    def body(j, carry):
+        Q, alpha, beta, b_prev = carry
+        q = Q[j]
+        w = matvec(q)
+        a = jnp.dot(q, w)
+        w = project_out(Q, w - a * q - b_prev * Q[jnp.maximum(j - 1, 0)])
+        scale = jnp.maximum(jnp.abs(a), b_prev)
+        broke = jnp.linalg.norm(w) <= tiny * jnp.where(scale > 0, scale, 1.0)
+        w = jnp.where(broke, jnp.cos(golden * (j + 1) * jnp.arange(N, dtype=dtype) + 1.0), w)
+        w = project_out(Q, w)
+        b = jnp.linalg.norm(w)
+        nxt = w / b
+        b = jnp.where(broke, jnp.zeros((), dtype), b)
+        Q = Q.at[jnp.minimum(j + 1, k - 1)].set(jnp.where(j + 1 < k, nxt, Q[k - 1]))
+        return Q, alpha.at[j].set(a), beta.at[j].set(b), b
+
+    Q = jnp.zeros((k, N), dtype).at[0].set(v0 / jnp.linalg.norm(v0))
+    zeros = jnp.zeros((k,), dtype)
+    Q, alpha, beta, _ = jax.lax.fori_loop(0, k, body, (Q, zeros, zeros, jnp.zeros((), dtype)))
+    return alpha, beta[:-1], Q
 
 
 def tridiag_eigh(alpha: jax.Array, beta: jax.Array):

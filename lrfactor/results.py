@@ -79,7 +79,7 @@ def environment() -> dict:
     import jax
 
     versions = {}
-    for pkg in ("jax", "jaxlib", "optax", "numpy", "matplotlib", "matfree"):
+    for pkg in ("jax", "jaxlib", "optax", "numpy", "matplotlib"):
         try:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:

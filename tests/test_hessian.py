@@ -172,6 +172,42 @@ def test_lanczos_extreme_eigenvalues_match_eigh():
     np.testing.assert_allclose([lo, hi], [full.min(), full.max()], rtol=1e-6)
 
 
+def test_lanczos_tridiagonal_matches_matfree_and_stays_orthonormal():
+    from matfree import decomp  # the test extra installs it
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((200, 200))
+    M = jnp.asarray((X + X.T) / 2)
+    v0 = jnp.asarray(rng.standard_normal(200))
+    k = 40
+    alpha, beta, Q = jax.jit(lambda M, v: hessian.lanczos(lambda x: M @ x, v, k))(M, v0)
+    ref = decomp.tridiag_sym(k, materialize=False, reortho="full")(lambda x: M @ x, v0)
+    np.testing.assert_allclose(alpha, ref.J_small[0], rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(beta, ref.J_small[1], rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(Q @ Q.T, np.eye(k), atol=1e-13)
+    T = np.diag(alpha) + np.diag(beta, 1) + np.diag(beta, -1)
+    np.testing.assert_allclose(Q @ M @ Q.T, T, atol=1e-12)
+    np.testing.assert_allclose(Q[0], v0 / np.linalg.norm(v0), atol=1e-15)
+
+
+def test_lanczos_through_an_early_invariant_subspace():
+    """Three distinct eigenvalues: the Krylov space of any start closes after 3 steps."""
+    values = np.repeat([-2.0, 0.5, 3.0], [10, 20, 10])
+    U, _ = np.linalg.qr(np.random.default_rng(1).standard_normal((40, 40)))
+    M = jnp.asarray(U @ np.diag(values) @ U.T)
+    k = 12
+    alpha, beta, Q = jax.jit(lambda M, v: hessian.lanczos(lambda x: M @ x, v, k))(M, jnp.ones(40))
+    assert np.all(np.isfinite(alpha)) and np.all(np.isfinite(beta))
+    assert abs(beta[2]) < 1e-12  # the split after the first invariant subspace
+    np.testing.assert_allclose(Q @ Q.T, np.eye(k), atol=1e-12)
+    theta, S = hessian.tridiag_eigh(alpha, beta)
+    # every Ritz value is an eigenvalue, and the probe's weights sit on its first block only
+    assert np.min(np.abs(np.asarray(theta)[:, None] - np.array([-2.0, 0.5, 3.0])), axis=1).max() < 1e-10
+    np.testing.assert_allclose(np.sum(np.asarray(S)[0, :] ** 2), 1.0, rtol=1e-12)
+    weights = jax.device_get(hessian.slq_count(alpha[None], beta[None], jnp.asarray([40.0]), lambda t: (t < 0) * 1.0))
+    np.testing.assert_allclose(weights, np.sum((U[:, :10].T @ np.ones(40)) ** 2), rtol=1e-10)  # = vᵀ 1[H<0] v
+
+
 @pytest.mark.slow
 def test_lanczos_extreme_eigenvalues_match_eigh_on_a_few_thousand_parameters():
     problem, _, params = _point(450, 100, 6, init="scaled")  # N = 3300

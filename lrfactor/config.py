@@ -10,7 +10,7 @@ import dataclasses
 from typing import Optional
 
 # Default step budgets: epochs (adam/sgd/mlp), sweeps (hals/mu), iterations (GN).
-DEFAULT_STEPS = {"adam": 10000, "sgd": 10000, "mlp": 10000, "hals": 2000, "mu": 2000, "gauss_newton": 250}
+DEFAULT_STEPS = {"adam": 10000, "sgd": 10000, "mlp": 10000, "hals": 2000, "mu": 2000, "gauss_newton": 500}
 FIRST_ORDER = ("adam", "sgd")
 
 
@@ -55,6 +55,7 @@ class RunConfig:
     lam_down: float = 0.2  # λ factor after a good step with lm_update=fast
     schur_precision: str = "mixed"  # mixed: reduced system in float32 + 2 refinements in float64 (same iterates, 1.5x faster); full
     max_step: float = 0.0  # cap on max|Δ| of a Gauss-Newton step in log space, direction kept (0: no cap)
+    restarts: int = 2  # when a run stops or stalls, restart from the same blind start with another damping schedule, keep the best (up to 4)
     geodesic: bool = False  # geodesic acceleration of the LM step (Transtrum & Sethna 2012)
     ftol: float = 1e-10  # stop when the relative decrease of the objective over an accepted step is below this
     gtol: float = 1e-12  # stop when max|gradient| falls below this times the objective's scale

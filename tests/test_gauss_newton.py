@@ -150,3 +150,39 @@ def test_step_cap_bounds_every_log_space_step_and_keeps_the_direction():
         state = new
         F.append(float(state.F))
     assert np.all(np.diff(F) <= 0) and F[-1] < F[0]
+
+
+def test_restarts_follow_the_first_run_then_keep_the_best():
+    problem, _ = small_problem(seed=4, n=30, m=12, true_rank=4)
+    plain = gn.make_gauss_newton(rank=3, init="keras", ftol=1e-6)
+    rs = gn.make_gauss_newton(rank=3, init="keras", restarts=2, stall_window=5, stall_rtol=1e-3, ftol=1e-6)
+    p0 = plain.init_params(jax.random.PRNGKey(0), problem)
+    a, b = plain.init(p0, problem, None), rs.init(p0, problem, None)
+    step_a, step_b = jax.jit(plain.step), jax.jit(rs.step)
+    first = True
+    best, restarts_at = [float(b.F)], []
+    for t in range(250):
+        prev = b
+        b = step_b(b, problem)
+        if first and int(b.restart) == 0:
+            a = step_a(a, problem)  # until the first restart, the run is the plain solver's
+            np.testing.assert_array_equal(b.run.params.A, a.params.A)
+            assert float(b.run.F) == float(a.F)
+        if int(b.restart) > int(prev.restart):
+            first = False
+            restarts_at.append(t)
+            # a restart begins at the blind start with the schedule's damping
+            np.testing.assert_array_equal(b.run.params.A, p0.A)
+            np.testing.assert_array_equal(b.run.params.B, p0.B)
+        elif int(b.restart) == 1:  # the second run's schedule caps every log-space step at 1
+            d = max(float(jnp.max(jnp.abs(b.run.params.A - prev.run.params.A))),
+                    float(jnp.max(jnp.abs(b.run.params.B - prev.run.params.B))))
+            assert d <= 1.0 * (1 + 1e-12)
+        best.append(float(b.F))
+        # params is the best point any run reached, and F is its objective
+        assert float(b.F) <= float(b.run.F)
+    assert int(b.restart) == 2 and len(restarts_at) == 2  # both restarts taken, after stalls
+    assert not bool(b.done)  # the last run is not ended by a stall
+    assert np.all(np.diff(best) <= 0)
+    np.testing.assert_allclose(b.F, gn.scaled_objective(b.params, problem, "frobenius", 0.0), rtol=1e-12)
+    assert float(b.F) <= float(a.F)  # never worse than the first run where it restarted

@@ -18,6 +18,7 @@ def _gauss_newton(cfg, info):
         ftol=cfg.ftol, gtol=cfg.gtol, xtol=cfg.xtol, newton_iters=cfg.newton_iters,
         geodesic=cfg.geodesic, lm_update=cfg.lm_update, lam_down=cfg.lam_down,
         schur_precision=cfg.schur_precision, max_step=cfg.max_step,
+        restarts=cfg.restarts,
     )
 
 

@@ -668,8 +668,11 @@ def with_restarts(solver: Solver, init_state, step, restarts: int, lambda0: floa
         params = jax.tree.map(lambda a, b: jnp.where(better, a, b), run.params, state.params)
         F = jnp.where(better, run.F, state.F)
         again = (state.restart < restarts) & (run.done | stalled)
+        # The fresh run is built on every step and selected where a seed
+        # restarts (one set of normal blocks: small beside the Schur product).
         fresh = init_state(state.start, problem)
-        fresh = fresh._replace(lam=fresh.lam * jnp.asarray(lam_factor, fresh.lam.dtype)[jnp.minimum(state.restart, restarts - 1)])
+        factor = jnp.asarray(lam_factor, fresh.lam.dtype)[jnp.minimum(state.restart, restarts - 1)]
+        fresh = fresh._replace(lam=fresh.lam * factor)
         run = jax.tree.map(lambda a, b: jnp.where(again, a, b), fresh, run)
         F_mark = jnp.where(at_mark | again, run.F, state.F_mark)
         it_mark = jnp.where(at_mark | again, it, state.it_mark)

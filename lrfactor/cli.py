@@ -90,6 +90,10 @@ def config_from_args(args) -> RunConfig:
         raise UsageError("--seeds must be >= 0, --steps >= 1 and --rank >= 1")
     if cfg.hessian_every < 0:
         raise UsageError("--hessian-every must be >= 0")
+    from lrfactor.solvers.gauss_newton import RESTART_SCHEDULE
+
+    if not 0 <= cfg.restarts <= len(RESTART_SCHEDULE):
+        raise UsageError(f"--restarts must be between 0 and {len(RESTART_SCHEDULE)}, got {cfg.restarts}")
     if not 0 < cfg.observed < 1:
         raise UsageError(f"--observed must lie in (0, 1), got {cfg.observed}")
     if cfg.data and not os.path.exists(cfg.data):

@@ -50,12 +50,14 @@ def _bad_inputs(tmp_path):
         "unknown loss": (["--loss", "hinge"], "unknown loss"),
         "missing key": (["--data", _npz(tmp_path, V=V)], "missing key 'train_mask'"),
         "hals with kl": (["--solver", "hals", "--loss", "kl"], "kl"),
+        "too many restarts": (["--restarts", "9"], "--restarts must be between 0 and 4, got 9"),
+        "negative restarts": (["--restarts", "-1"], "--restarts must be between 0 and 4, got -1"),
     }
 
 
 @pytest.mark.parametrize("case", ["unreadable file", "missing file", "wrong shapes", "nan observed", "empty row",
                                   "empty column", "rank too large", "unknown solver", "unknown loss", "missing key",
-                                  "hals with kl"])
+                                  "hals with kl", "too many restarts", "negative restarts"])
 def test_bad_input_exits_2_with_one_line(case, tmp_path, capsys):
     args, msg = _bad_inputs(tmp_path)[case]
     code = cli.main(args + ["--out", str(tmp_path / "out")])

@@ -647,8 +647,8 @@ def with_restarts(solver: Solver, init_state, step, restarts: int, lambda0: floa
     whole leaves: a batch of seeds stays one program, each seed restarting on
     its own step.
     """
-    if restarts > len(RESTART_SCHEDULE):
-        raise ValueError(f"at most {len(RESTART_SCHEDULE)} restarts, got {restarts}")
+    if not 0 < restarts <= len(RESTART_SCHEDULE):
+        raise ValueError(f"restarts must be between 1 and {len(RESTART_SCHEDULE)}, got {restarts}")
     sched = RESTART_SCHEDULE[:restarts]
     lam_factor = [(lam0 if lam0 is not None else lambda0) / lambda0 for lam0, _ in sched]
     caps = [max_step] + [cap for _, cap in sched]

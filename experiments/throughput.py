@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
+import subprocess
 import sys
 import time
 
@@ -57,6 +59,21 @@ def time_chunk(cfg, steps):
     return min(reps) / steps, compile_s, nbytes
 
 
+def scaling_point(n, m, rank, observed) -> int:
+    """Time one flagship iteration at one size (float64) and print ``[seconds, bytes]`` as JSON."""
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    from lrfactor.config import RunConfig, resolve
+
+    n, m, rank = int(n), int(m), int(rank)
+    cfg = resolve(RunConfig(solver="gauss_newton", seeds=1, precision=64, n=n, m=m, rank=rank, observed=observed,
+                            true_rank=max(12, rank)))
+    sec, _, nbytes = time_chunk(cfg, 5)
+    print(json.dumps([sec, nbytes]))
+    return 0
+
+
 def matmul_rate(dtype):
     import jax
     import jax.numpy as jnp
@@ -83,7 +100,11 @@ def main(argv=None):
     p.add_argument("--precision", type=int, default=None, help="32 or 64; default: each solver's own")
     p.add_argument("--scaling", action="store_true", help="also time one GN iteration against n, m, r, observed")
     p.add_argument("--out", default="results/throughput")
+    p.add_argument("--scaling-point", nargs=4, type=float, default=None, metavar=("N", "M", "R", "OBS"),
+                   help=argparse.SUPPRESS)  # internal: one scaling point, printed as JSON
     a = p.parse_args(argv)
+    if a.scaling_point is not None:
+        return scaling_point(*a.scaling_point)
 
     import jax
 
@@ -131,9 +152,23 @@ def main(argv=None):
         variants = [base, dict(base, n=2000), dict(base, n=4000), dict(base, m=200), dict(base, m=400),
                     dict(base, rank=4), dict(base, rank=16), dict(base, observed=0.1), dict(base, observed=0.9)]
         for v in variants:
-            cfg = resolve(RunConfig(solver="gauss_newton", seeds=1, precision=64, n=v["n"], m=v["m"],
-                                    rank=v["rank"], observed=v["observed"], true_rank=max(12, v["rank"])))
-            sec, _, nbytes = time_chunk(cfg, 5)
+            # Each point in a fresh process, with a time limit: at n = 1000,
+            # m = 100, r = 16 the compiled chunk deadlocks inside XLA's CPU
+            # runtime (0 % CPU in block_until_ready, jaxlib 0.10.2, also alone
+            # in a fresh process; r = 12 and every other point run). The
+            # unbatched step runs with XLA_FLAGS=--xla_cpu_multi_thread_eigen=false,
+            # the driver's chunk does not. The point is recorded as failed.
+            cmd = [sys.executable, os.path.abspath(__file__), "--scaling-point",
+                   str(v["n"]), str(v["m"]), str(v["rank"]), str(v["observed"])]
+            try:
+                done = subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=True)
+                sec, nbytes = json.loads(done.stdout.strip().splitlines()[-1])
+            except (subprocess.SubprocessError, ValueError, IndexError) as e:
+                scaling["rows"].append({**v, "error": f"{type(e).__name__}: {str(e)[:200]}"})
+                print(f"GN n={v['n']} m={v['m']} r={v['rank']} obs={v['observed']}: failed ({type(e).__name__})",
+                      flush=True)
+                save()
+                continue
             fl = gn_flops(v["n"], v["m"], v["rank"])
             scaling["rows"].append({**v, "s_per_iter": sec, "schur_flops": fl, "flop_time_s": fl / rate,
                             "ratio_to_flop_time": sec / (fl / rate), "bytes": nbytes})

@@ -5,9 +5,9 @@
         --out results/gn-100-restarts/variants
 
 Each ``--variant`` is a ``;``-separated list of RunConfig fields (``""``: the
-defaults). The seeds need not be consecutive (``run.py`` takes a range): the
-problems of the listed seeds are drawn exactly as ``run.py --seed S`` draws
-them and stacked into one batch. Every variant's run folder (config, summary,
+defaults). The seeds need not be consecutive (``run.py`` takes a range): each
+draws exactly what ``run.py --seed S`` draws (``experiment.prepare(cfg, seeds)``),
+all in one batch. Every variant's run folder (config, summary,
 history) goes under ``--out``; one line per variant reports successes and the
 final train MSE relative to the oracle per seed.
 """
@@ -43,7 +43,6 @@ def main(argv=None):
     a = p.parse_args(argv)
 
     import jax
-    import jax.numpy as jnp
     import numpy as np
 
     jax.config.update("jax_enable_x64", True)
@@ -52,10 +51,7 @@ def main(argv=None):
 
     base = resolve(RunConfig(solver="gauss_newton", seeds=1, steps=a.steps, precision=64))
     variants = [parse_variant(v, base) for v in (a.variant or [""])]
-    preps = [experiment.prepare(dataclasses.replace(base, seed=s)) for s in a.seeds]
-    cat = lambda *xs: jnp.concatenate(xs, axis=0)
-    prep = preps[0]._replace(seeds=list(a.seeds), problem=jax.tree.map(cat, *[q.problem for q in preps]),
-                             truth=jax.tree.map(cat, *[q.truth for q in preps]), keys=cat(*[q.keys for q in preps]))
+    prep = experiment.prepare(dataclasses.replace(base, seeds=len(a.seeds)), seeds=a.seeds)
     for upd in variants:
         cfg = dataclasses.replace(base, seeds=len(a.seeds), **upd)
         name = "_".join(f"{k}{v}" for k, v in upd.items()) or "default"

@@ -43,9 +43,14 @@ def seed_keys(seeds) -> jax.Array:
     return jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds, dtype=jnp.uint32))
 
 
-def prepare(cfg: RunConfig) -> Prepared:
-    """Validate the config and build the problem batch. Raises ProblemError / ValueError."""
-    seeds = list(range(cfg.seed, cfg.seed + cfg.seeds))
+def prepare(cfg: RunConfig, seeds=None) -> Prepared:
+    """Validate the config and build the problem batch. Raises ProblemError / ValueError.
+
+    ``seeds``: an explicit list of seeds (not necessarily consecutive) instead
+    of ``cfg.seed … cfg.seed + cfg.seeds − 1``; each draws exactly what
+    ``run.py --seed S`` draws.
+    """
+    seeds = list(range(cfg.seed, cfg.seed + cfg.seeds)) if seeds is None else list(seeds)
     # The seed axis is sharded over all local devices: pad it to a multiple of
     # their count with copies of the last seed; outputs keep the real seeds only.
     pad = (-len(seeds)) % jax.local_device_count()

@@ -281,9 +281,9 @@ def lanczos(matvec: Callable, v0: jax.Array, num_steps: int):
     Ritz values have converged. If the Krylov space closes early (after the
     first pass w ≈ 0: an invariant subspace was found, as happens on a small
     Hessian with repeated eigenvalues), the second pass starts instead from a
-    fixed dense vector (a cosine of the step and the coordinate) and β_j is set to 0: T splits into blocks whose
-    eigenvalues are all eigenvalues of H, and the probe's quadrature weights
-    on the new blocks are exactly zero.
+    fixed dense vector (a cosine of the step and the coordinate) and β_j is
+    set to 0: T splits into blocks whose eigenvalues are all eigenvalues of H,
+    and the probe's quadrature weights on the new blocks are exactly zero.
     """
     N = v0.shape[0]
     k = int(num_steps)

@@ -36,6 +36,17 @@ def test_vmapped_batch_equals_seeds_one_at_a_time():
                 np.testing.assert_allclose(a[k], b[0], atol=1e-5)
 
 
+def test_an_explicit_seed_list_draws_what_each_seed_draws_alone():
+    cfg = _cfg(seeds=2)
+    listed = experiment.prepare(cfg, seeds=[5, 2])
+    assert listed.seeds == [5, 2]
+    for k, seed in enumerate([5, 2]):
+        alone = experiment.prepare(dataclasses.replace(cfg, seed=seed, seeds=1))
+        for a, b in zip(jax.tree.leaves((listed.problem, listed.truth, listed.keys)),
+                        jax.tree.leaves((alone.problem, alone.truth, alone.keys))):
+            np.testing.assert_array_equal(a[k], b[0])
+
+
 def test_second_call_does_not_recompile():
     cfg = _cfg()
     prep = experiment.prepare(cfg)

@@ -616,11 +616,10 @@ class RestartState(NamedTuple):
     params: Factors  # the lowest-objective point found so far (what is recorded and returned)
     F: jax.Array  # () its scaled objective
     run: GNState  # the run in progress
-    start: Factors  # the blind start every run begins from
+    first: GNState  # the first run's initial state: every restart begins from it (λ rescaled)
     restart: jax.Array  # () int32: restarts taken
     F_mark: jax.Array  # () the run's objective at the start of the stall window
-    it_mark: jax.Array  # () int32: the step the window started at
-    it: jax.Array  # () int32: steps taken
+    since_mark: jax.Array  # () int32: steps since the window started
     done: jax.Array  # () bool
 
 
@@ -656,29 +655,26 @@ def with_restarts(solver: Solver, init_state, step, restarts: int, lambda0: floa
     def init(params, problem, key=None):
         run = init_state(params, problem, key)
         zero = jnp.asarray(0, jnp.int32)
-        return RestartState(run.params, run.F, run, run.params, zero, run.F, zero, zero, jnp.asarray(False))
+        return RestartState(run.params, run.F, run, run, zero, run.F, zero, jnp.asarray(False))
 
     def restart_step(state: RestartState, problem: Problem) -> RestartState:
         cap = jnp.asarray(caps, state.F.dtype)[state.restart]
         run = step(state.run, problem, cap)
-        it = state.it + 1
-        at_mark = it - state.it_mark >= window
+        since = state.since_mark + 1
+        at_mark = since >= window
         stalled = at_mark & (state.F_mark - run.F <= rtol * state.F_mark)
         better = run.F < state.F
         params = jax.tree.map(lambda a, b: jnp.where(better, a, b), run.params, state.params)
         F = jnp.where(better, run.F, state.F)
         again = (state.restart < restarts) & (run.done | stalled)
-        # The fresh run is built on every step and selected where a seed
-        # restarts (one set of normal blocks: small beside the Schur product).
-        fresh = init_state(state.start, problem)
-        factor = jnp.asarray(lam_factor, fresh.lam.dtype)[jnp.minimum(state.restart, restarts - 1)]
-        fresh = fresh._replace(lam=fresh.lam * factor)
+        factor = jnp.asarray(lam_factor, state.first.lam.dtype)[jnp.minimum(state.restart, restarts - 1)]
+        fresh = state.first._replace(lam=state.first.lam * factor)
         run = jax.tree.map(lambda a, b: jnp.where(again, a, b), fresh, run)
-        F_mark = jnp.where(at_mark | again, run.F, state.F_mark)
-        it_mark = jnp.where(at_mark | again, it, state.it_mark)
+        new_window = at_mark | again
+        F_mark = jnp.where(new_window, run.F, state.F_mark)
+        since = jnp.where(new_window, 0, since)
         done = run.done & ~again
-        return RestartState(params, F, run, state.start, state.restart + again.astype(jnp.int32), F_mark, it_mark,
-                            it, done)
+        return RestartState(params, F, run, state.first, state.restart + again.astype(jnp.int32), F_mark, since, done)
 
     extras = tuple((name, (lambda fn: lambda s: fn(s.run))(fn)) for name, fn in solver.extras)
     extras += (("restart", lambda s: s.restart), ("run_F", lambda s: s.run.F))

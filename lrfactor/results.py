@@ -92,6 +92,8 @@ def environment() -> dict:
         "devices": {"count": len(devs), "kind": devs[0].device_kind, "platform": devs[0].platform},
         "x64": bool(jax.config.jax_enable_x64),
         "cpu_count": os.cpu_count(),
+        # Threads of the OpenBLAS behind XLA's CPU LAPACK calls (lrfactor/__init__.py).
+        "openblas_num_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
     }
 
 

@@ -110,3 +110,17 @@ def test_float32_run_is_judged_against_a_float64_oracle():
     for k in ("oracle_train_mse", "oracle_val_mse"):
         assert np.asarray(ref32[k]).dtype == np.float64
         np.testing.assert_allclose(ref32[k], ref64[k], rtol=1e-12)
+
+
+def test_importing_lrfactor_gives_openblas_one_thread_unless_told_otherwise():
+    import os
+    import subprocess
+    import sys
+
+    code = "import os, lrfactor; print(os.environ.get('OPENBLAS_NUM_THREADS'))"
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run = lambda e: subprocess.run([sys.executable, "-c", code], env=e, cwd=root, capture_output=True,
+                                   text=True, check=True).stdout.strip()
+    assert run(env) == "1"
+    assert run({**env, "OPENBLAS_NUM_THREADS": "3"}) == "3"

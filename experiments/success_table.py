@@ -64,6 +64,7 @@ def table(folders):
             "run": os.path.basename(os.path.normpath(f)),
             "method": cfg.get("method"), "damping": cfg.get("damping"), "init": cfg.get("init"),
             "restarts": cfg.get("restarts", 0),
+            "backtrack": bool(cfg.get("backtrack", False)),  # absent from runs made before it existed
             "seeds": len(seeds),
             "budget": cfg.get("steps"),
             "precision": cfg.get("precision"),
@@ -81,12 +82,12 @@ def table(folders):
 
 
 def markdown(rows) -> str:
-    head = ("| run | method | damping | restarts | precision | budget | seeds | success (≤1.01×oracle) | ≤1.01×best | median final/best | "
+    head = ("| run | method | damping | backtrack | restarts | precision | budget | seeds | success (≤1.01×oracle) | ≤1.01×best | median final/best | "
             "p90 final/best | median steps to success | median s to success / seed | median val/oracle |")
-    lines = [head, "|" + "|".join(["---"] * 14) + "|"]
+    lines = [head, "|" + "|".join(["---"] * 15) + "|"]
     f = lambda x, p=3: "–" if x is None else f"{x:.{p}g}"
     for r in rows:
-        lines.append(f"| {r['run']} | {r['method']} | {r['damping']} | {r['restarts']} | {r['precision']} | {r['budget']} | {r['seeds']} | {r['success']:.0%} | "
+        lines.append(f"| {r['run']} | {r['method']} | {r['damping']} | {'yes' if r['backtrack'] else 'no'} | {r['restarts']} | {r['precision']} | {r['budget']} | {r['seeds']} | {r['success']:.0%} | "
                      f"{r['within_1pct_of_best']:.0%} | {f(r['median_rel_best'], 4)} | {f(r['p90_rel_best'], 4)} | "
                      f"{f(r['median_steps_to_success'])} | {f(r['median_s_to_success_per_seed'])} | "
                      f"{f(r['median_val_over_oracle'])} |")

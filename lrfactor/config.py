@@ -53,8 +53,10 @@ class RunConfig:
     newton_iters: int = 0  # Newton-CG iterations on the exact Hessian, preconditioned by the GN factorisation (0: pure GN)
     lm_update: str = "nielsen"  # λ after an accepted step: nielsen (Ceres) or fast (×lam_down when ρ > 1/4)
     lam_down: float = 0.2  # λ factor after a good step with lm_update=fast
-    schur_precision: str = "mixed"  # mixed: reduced system in float32 + 2 refinements in float64 (same iterates, 1.5x faster); full
+    schur_precision: str = "mixed"  # mixed: reduced system factored in float32, the step refined in float64 (see refine); full: all float64
+    refine: int = 1  # float64 refinement steps of the float32-factored solve (schur_precision=mixed)
     max_step: float = 0.0  # cap on max|Δ| of a Gauss-Newton step in log space, direction kept (0: no cap)
+    backtrack: bool = True  # on a rejected step, take the best of 1/2, 1/4, 1/8 of it if that passes the gain test (joint only)
     restarts: int = 2  # when a run stops or stalls, restart from the same blind start with another damping schedule, keep the best (up to 4)
     geodesic: bool = False  # geodesic acceleration of the LM step (Transtrum & Sethna 2012)
     ftol: float = 1e-10  # stop when the relative decrease of the objective over an accepted step is below this

@@ -186,3 +186,46 @@ def test_restarts_follow_the_first_run_then_keep_the_best():
     assert np.all(np.diff(best) <= 0)
     np.testing.assert_allclose(b.F, gn.scaled_objective(b.params, problem, "frobenius", 0.0), rtol=1e-12)
     assert float(b.F) <= float(a.F)  # never worse than the first run where it restarted
+
+
+def test_backtracking_takes_a_fraction_of_a_rejected_step_and_nothing_else():
+    problem, _ = small_problem(seed=4, n=30, m=12, true_rank=4)
+    seen = {"same": 0, "backtracked": 0}
+    for init, lam0 in (("keras", 1e-3), ("scaled", 1e-2)):
+        plain = gn.make_gauss_newton(rank=3, init=init, lambda0=lam0, schur_precision="full")
+        bt = gn.make_gauss_newton(rank=3, init=init, lambda0=lam0, schur_precision="full", backtrack=True)
+        step_a, step_b = jax.jit(plain.step), jax.jit(bt.step)
+        s0 = plain.init(plain.init_params(jax.random.PRNGKey(0), problem), problem, None)
+        for _ in range(40):  # along the plain run, one step of each from the same state
+            a, b = step_a(s0, problem), step_b(s0, problem)
+            p0 = s0.params
+            if bool(a.accepted):  # an accepted full step is left exactly as it is
+                for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+                    np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
+                seen["same"] += 1
+            elif bool(b.accepted):
+                # The full step was rejected: b took α·Δ for one α of BACKTRACK, Δ the damped step.
+                W, H = jnp.exp(p0.A), jnp.exp(p0.B)
+                psi, omega = gn._psi_omega(W @ H.T, problem.V, problem.train, "frobenius")
+                gX, gY = gn.gradient(W, H, psi, p0.A, p0.B, 0.0)
+                U, S = gn.normal_blocks(W, H, omega)
+                one = lambda x: s0.lam * jnp.ones_like(x)
+                dX, dY, _ = gn.damped_step(W, H, omega, gX, gY, U, S, one(p0.A), one(p0.B))
+                alpha = float(jnp.vdot(b.params.B - p0.B, dY) / jnp.vdot(dY, dY))
+                assert min(abs(alpha - c) for c in gn.BACKTRACK) < 1e-9
+                scale = float(jnp.max(jnp.abs(dX)))
+                np.testing.assert_allclose(b.params.A, p0.A + alpha * dX, rtol=0, atol=1e-9 * scale)
+                np.testing.assert_allclose(b.params.B, p0.B + alpha * dY, rtol=0, atol=1e-9 * scale)
+                assert float(b.F) < float(s0.F)
+                np.testing.assert_allclose(float(b.F), float(gn.scaled_objective(b.params, problem, "frobenius", 0.0)),
+                                           rtol=1e-12)
+                assert float(b.lam) == 2 * float(s0.lam) and float(b.nu) == 2.0
+                assert int(b.n_accepted) == int(s0.n_accepted) + 1
+                seen["backtracked"] += 1
+            s0 = a
+    assert seen["same"] > 0 and seen["backtracked"] > 0, seen
+
+
+def test_backtracking_is_for_the_joint_method_only():
+    with pytest.raises(ValueError, match="joint"):
+        gn.make_gauss_newton(method="varpro", backtrack=True)

@@ -17,7 +17,7 @@ def _gauss_newton(cfg, info):
         damping=cfg.damping, lambda0=cfg.lambda0, inner=cfg.inner,
         ftol=cfg.ftol, gtol=cfg.gtol, xtol=cfg.xtol, newton_iters=cfg.newton_iters,
         geodesic=cfg.geodesic, lm_update=cfg.lm_update, lam_down=cfg.lam_down,
-        schur_precision=cfg.schur_precision, max_step=cfg.max_step,
+        schur_precision=cfg.schur_precision, max_step=cfg.max_step, backtrack=cfg.backtrack, refine=cfg.refine,
         restarts=cfg.restarts,
     )
 

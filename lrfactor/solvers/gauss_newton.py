@@ -43,6 +43,13 @@ multiply it by ν (doubling). D is I (Levenberg) or diag(JᵀΩJ) clamped to
 [min_diag, max_diag] (Marquardt; Ceres' clamp). In log space Marquardt scaling
 lets weak components take wild steps (DESIGN.md §2); Levenberg is the default.
 
+With ``backtrack``, a rejected step is not simply thrown away: the objective
+at 1/2, 1/4 and 1/8 of it costs three function evaluations against one
+factorisation, and the best of them is taken when it passes the same gain
+test against the model's decrease at that fraction (λ still doubles). From
+the question's blind start this halves the rejected iterations and the
+iterations to HALS' 10,000-sweep fit (results/bench).
+
 After every accepted step the gauge (A[:,k] + c_k, B[:,k] − c_k), which leaves
 W Hᵀ unchanged, is set to minimise ΣA² + ΣB²: neutral without an L2 term, a
 strict decrease of the penalty with one.
@@ -69,6 +76,8 @@ from lrfactor.solvers.base import Solver
 METHODS = ("varpro", "joint", "joint_epi")
 DAMPINGS = ("levenberg", "marquardt", "sqrt")
 MIN_DIAG, MAX_DIAG = 1e-6, 1e32  # Ceres' clamp of the Marquardt diagonal
+BACKTRACK = (0.5, 0.25, 0.125)  # fractions of a rejected step tried with ``backtrack``
+WILD = 10.0  # a full step that multiplies F by more than this is not backtracked
 
 
 class GNState(NamedTuple):
@@ -428,6 +437,7 @@ def make_gauss_newton(
     schur_precision: str = "full",
     refine: int = 2,
     max_step: float = 0.0,
+    backtrack: bool = False,
     restarts: int = 0,
     stall_window: int = 50,
     stall_rtol: float = 1e-3,
@@ -437,6 +447,8 @@ def make_gauss_newton(
         raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
     if damping not in DAMPINGS:
         raise ValueError(f"unknown damping {damping!r}; known: {', '.join(DAMPINGS)}")
+    if backtrack and method != "joint":
+        raise ValueError(f"backtrack needs method 'joint' (the step of {method!r} re-solves rows after it)")
     damp_rows = method != "varpro"
     # "mixed": the reduced system in float32, the step refined in the working precision.
     schur_dtype = jnp.float32 if schur_precision == "mixed" else None
@@ -565,13 +577,15 @@ def make_gauss_newton(
             precond = lambda v: schur_solve(f, W, H, omega, v[0], v[1])[:2]
             stepX, stepY = newton_cg(hvp, precond, (gX, gY), (dX - 2 * pen, dY - 2 * pen), (stepX, stepY), newton_iters)
             HD = hvp((stepX, stepY))
-            pred = -(jnp.sum(gX * stepX) + jnp.sum(gY * stepY)) - 0.5 * (jnp.sum(HD[0] * stepX) + jnp.sum(HD[1] * stepY))
+            lin = jnp.sum(gX * stepX) + jnp.sum(gY * stepY)
+            quad = jnp.sum(HD[0] * stepX) + jnp.sum(HD[1] * stepY)
         else:
             # Decrease predicted by the undamped Gauss-Newton model of F (for
             # varpro, the reduced model: g_X dropped as at A*(B)).
             JD = (W * stepX) @ H.T + W @ (H * stepY).T
             lin = jnp.sum(gY * stepY) + (jnp.sum(gX * stepX) if damp_rows else 0.0)
-            pred = -lin - 0.5 * (jnp.sum(omega * JD**2) + 2 * pen * (jnp.sum(stepX**2) + jnp.sum(stepY**2)))
+            quad = jnp.sum(omega * JD**2) + 2 * pen * (jnp.sum(stepX**2) + jnp.sum(stepY**2))
+        pred = -lin - 0.5 * quad
         Yn = Y + stepY
         Hn = jnp.exp(Yn)
         if n_inner == 0:
@@ -587,11 +601,36 @@ def make_gauss_newton(
             new_params = balance_gauge(new_params)
         F_new = F_of(new_params, problem)
         ok, rho, lam, nu = trust_update(state.F, F_new, pred, state.lam, state.nu, lm_update, lam_down, accel_ok)
+        dnorm = jnp.sqrt(jnp.sum(stepX**2) + jnp.sum(stepY**2))
+        if backtrack:
+            # A rejected step still costs a factorisation; before giving it up,
+            # try fractions of it (the model along the direction is cheap to
+            # evaluate). The lowest objective among α ∈ BACKTRACK is taken if
+            # it passes the same gain test against the model's α-decrease,
+            # unless the full step was wild (F grew more than WILD-fold: the
+            # model says nothing about that direction). λ still grows, as on
+            # a rejection, but ν restarts: a step was taken.
+            fracs = jnp.asarray(BACKTRACK, F_new.dtype)
+
+            def at(t):  # the point a fraction t along the step
+                q = unorient(X + t * stepX, Y + t * stepY, flip)
+                return balance_gauge(q) if l2 > 0 else q
+
+            F_t = jax.vmap(lambda t: F_of(at(t), problem))(fracs)
+            k = jnp.argmin(jnp.where(jnp.isfinite(F_t), F_t, jnp.inf))
+            t, F_b = fracs[k], F_t[k]
+            pred_b = -t * lin - 0.5 * t * t * quad
+            ok_b = ~ok & (F_new < WILD * state.F) & (state.F - F_b > 1e-3 * pred_b) & (pred_b > 0)
+            new_params = jax.tree.map(lambda u, v: jnp.where(ok_b, u, v), at(t), new_params)
+            F_new = jnp.where(ok_b, F_b, F_new)
+            dnorm = jnp.where(ok_b, t * dnorm, dnorm)
+            lam = jnp.where(ok_b, 2 * state.lam, lam)
+            nu = jnp.where(ok_b, 2.0, nu)
+            ok = ok | ok_b
         params = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new_params, state.params)
         F = jnp.where(ok, F_new, state.F)
         g_inf = jnp.maximum(jnp.max(jnp.abs(gX)), jnp.max(jnp.abs(gY)))
         theta = jnp.sqrt(jnp.sum(X**2) + jnp.sum(Y**2))
-        dnorm = jnp.sqrt(jnp.sum(stepX**2) + jnp.sum(stepY**2))
         done = converged(ok, state.F, F_new, g_inf, dnorm, theta, nu, ftol, gtol, xtol)
         return GNState(params, F, lam, nu, ok, state.n_accepted + ok.astype(jnp.int32), g_inf, rho, done)
 

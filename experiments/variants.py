@@ -30,7 +30,12 @@ def parse_variant(text, base):
         if not hasattr(base, key):
             raise SystemExit(f"error: unknown setting {key!r}")
         kind = type(getattr(base, key)) if getattr(base, key) is not None else float
-        upd[key] = kind(value)
+        if kind is bool:  # bool("0") is True
+            if value.lower() not in ("0", "1", "true", "false"):
+                raise SystemExit(f"error: {key} takes 0/1 or true/false, got {value!r}")
+            upd[key] = value.lower() in ("1", "true")
+        else:
+            upd[key] = kind(value)
     return upd
 
 

@@ -78,7 +78,9 @@ def test_history_starts_at_initial_point_and_objective_never_rises():
 def test_compacting_the_running_seeds_changes_no_result():
     # Seeds stop at different steps (loose ftol); once half are done the chunk is
     # recompiled for the rest. Histories and final states equal the full batch's.
-    cfg = _cfg(seeds=4, steps=60, chunk=2, ftol=0.05)
+    # The float64 Schur solve: the float32 factor's rounding depends on the
+    # batch size's kernels, and one refinement leaves it at ~1e-9 in ρ.
+    cfg = _cfg(seeds=4, steps=60, chunk=2, ftol=0.05, schur_precision="full")
     prep = experiment.prepare(cfg)
     solver, carry, _, _ = experiment.build(prep)
     kw = dict(steps=cfg.steps, chunk=cfg.chunk, problem_axis=prep.problem_axis, progress=False)

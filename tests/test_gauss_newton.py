@@ -63,8 +63,9 @@ def test_schur_row_blocks_do_not_change_result():
     _, omega = gn._psi_omega(W @ H.T, problem.V, problem.train, "frobenius")
     U, _ = gn.normal_blocks(W, H, omega)
     L = jnp.linalg.cholesky(U + 0.1 * jnp.eye(2))
-    a = gn.schur_product(L, W, H, omega, 3)  # 10 rows in padded blocks of 3
-    b = gn.schur_product(L, W, H, omega, 10)
+    Linv = jnp.linalg.inv(L)
+    a = gn.schur_product(Linv, W, H, omega, 3)  # 10 rows in padded blocks of 3
+    b = gn.schur_product(Linv, W, H, omega, 10)
     np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
 
 
@@ -161,7 +162,7 @@ def test_restarts_follow_the_first_run_then_keep_the_best():
     step_a, step_b = jax.jit(plain.step), jax.jit(rs.step)
     first = True
     best, restarts_at = [float(b.F)], []
-    for t in range(250):
+    for t in range(400):  # the restarts come at ~110 and ~300 (the path's rounding decides exactly when)
         prev = b
         b = step_b(b, problem)
         if first and int(b.restart) == 0:

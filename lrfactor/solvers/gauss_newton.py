@@ -187,9 +187,8 @@ def schur_product(Linv, W, H, omega, row_block: int):
 class SchurFactor(NamedTuple):
     """Factorisation of the damped Gauss-Newton matrix, reusable for many right-hand sides."""
 
-    L: jax.Array  # (n, r, r) Cholesky factors of U'_i
+    Linv: jax.Array  # (n, r, r) L_i⁻¹, L_i the Cholesky factor of U'_i: U'_i⁻¹ b = L_i⁻ᵀ (L_i⁻¹ b)
     R: jax.Array  # (m r, m r) Cholesky factor of the reduced matrix S' − Cᵀ U'⁻¹ C
-    Linv: jax.Array  # (n, r, r) L_i⁻¹: U'_i⁻¹ b = L_i⁻ᵀ (L_i⁻¹ b) as two batched matvecs
 
 
 def factorize(W, H, omega, U, S, dA, dB, row_block: int = 256, schur_dtype=None) -> SchurFactor:
@@ -212,7 +211,7 @@ def factorize(W, H, omega, U, S, dA, dB, row_block: int = 256, schur_dtype=None)
     red = -schur_product(*jax.lax.optimization_barrier((c(Linv), c(W), c(H), c(omega))), min(row_block, W.shape[0]))
     idx = jnp.arange(m)
     red = red.reshape(m, r, m, r).at[idx, :, idx, :].add(c(_add_diag(S, dB))).reshape(m * r, m * r)
-    return SchurFactor(L, jnp.linalg.cholesky(red), Linv)
+    return SchurFactor(Linv, jnp.linalg.cholesky(red))
 
 
 def gn_matvec(W, H, omega, dA, dB, vA, vB):
@@ -612,12 +611,13 @@ def make_gauss_newton(
         dnorm = jnp.sqrt(jnp.sum(stepX**2) + jnp.sum(stepY**2))
         if backtrack:
             # A rejected step still costs a factorisation; before giving it up,
-            # try fractions of it (the model along the direction is cheap to
-            # evaluate). The lowest objective among α ∈ BACKTRACK is taken if
-            # it passes the same gain test against the model's α-decrease,
-            # unless the full step was wild (F grew more than WILD-fold: the
-            # model says nothing about that direction). λ still grows, as on
-            # a rejection, but ν restarts: a step was taken.
+            # try fractions of it (the objective along the direction is cheap
+            # to evaluate). The lowest objective among the fractions BACKTRACK
+            # is taken if it passes the same gain test against the model's
+            # decrease at that fraction, unless the full step was wild (F grew
+            # more than WILD-fold: the model says nothing about that
+            # direction). λ still grows, as on a rejection, but ν restarts: a
+            # step was taken.
             fracs = jnp.asarray(BACKTRACK, F_new.dtype)
 
             def at(t):  # the point a fraction t along the step

@@ -56,17 +56,42 @@ def test_schur_step_equals_dense_solve(loss, shape, damping):
     assert float(jnp.max(jnp.abs(got - ref)) / jnp.max(jnp.abs(ref))) < 1e-10
 
 
-def test_schur_row_blocks_do_not_change_result():
+@pytest.mark.parametrize("row_block", [1, 3, 10])  # 10 blocks under a scan, 4 padded unrolled blocks, one block
+def test_schur_product_equals_dense(row_block):
     problem, _ = small_problem(seed=3, n=10, m=5)
-    p = init_factors(jax.random.PRNGKey(0), problem, 2, "scaled")
+    p = init_factors(jax.random.PRNGKey(0), problem, 3, "scaled")
     W, H = jnp.exp(p.A), jnp.exp(p.B)
+    n, r = W.shape
+    m = H.shape[0]
     _, omega = gn._psi_omega(W @ H.T, problem.V, problem.train, "frobenius")
     U, _ = gn.normal_blocks(W, H, omega)
-    L = jnp.linalg.cholesky(U + 0.1 * jnp.eye(2))
-    Linv = jnp.linalg.inv(L)
-    a = gn.schur_product(Linv, W, H, omega, 3)  # 10 rows in padded blocks of 3
-    b = gn.schur_product(Linv, W, H, omega, 10)
-    np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+    Ud = U + 0.1 * jnp.eye(r)
+    Linv = jnp.linalg.inv(jnp.linalg.cholesky(Ud))
+    # The coupling matrix C (n r × m r), block (i, j) = ω_ij u_ij u_ijᵀ, and Cᵀ U'⁻¹ C densely.
+    u = W[:, None, :] * H[None, :, :]
+    C = (omega[:, :, None, None] * u[:, :, :, None] * u[:, :, None, :]).transpose(0, 2, 1, 3).reshape(n * r, m * r)
+    Ubd = jax.scipy.linalg.block_diag(*Ud)
+    ref = C.T @ jnp.linalg.solve(Ubd, C)
+    got = gn.schur_product(Linv, W, H, omega, row_block)
+    np.testing.assert_allclose(got, ref, rtol=1e-11, atol=1e-12 * float(jnp.max(jnp.abs(ref))))
+
+
+@pytest.mark.parametrize("r", [1, 3, 8, gn.UNROLL_MAX_RANK + 1])  # unrolled, and LAPACK above the limit
+def test_inverse_cholesky(r):
+    X = jax.random.normal(jax.random.PRNGKey(r), (5, r, r + 3))
+    U = X @ X.transpose(0, 2, 1) + 1e-3 * jnp.eye(r)
+    M = gn.inverse_cholesky(U)
+    L = jnp.linalg.cholesky(U)  # the unique factor with a positive diagonal
+    np.testing.assert_allclose(M, jnp.linalg.inv(L), rtol=1e-10, atol=1e-12)
+    np.testing.assert_array_equal(jnp.triu(M, 1), 0.0)
+    np.testing.assert_allclose(M.transpose(0, 2, 1) @ M @ U, jnp.broadcast_to(jnp.eye(r), U.shape), atol=1e-9)
+
+
+def test_inverse_cholesky_flags_a_block_that_is_not_positive_definite():
+    U = jnp.stack([jnp.eye(3), jnp.diag(jnp.array([1.0, -1.0, 1.0]))])
+    M = gn.inverse_cholesky(U)
+    np.testing.assert_array_equal(M[0], jnp.eye(3))
+    assert bool(jnp.isnan(M[1]).any())
 
 
 def test_balance_gauge_keeps_prediction_and_minimises_penalty():

@@ -56,7 +56,7 @@ def test_schur_step_equals_dense_solve(loss, shape, damping):
     assert float(jnp.max(jnp.abs(got - ref)) / jnp.max(jnp.abs(ref))) < 1e-10
 
 
-@pytest.mark.parametrize("row_block", [1, 3, 10])  # 10 blocks under a scan, 4 padded unrolled blocks, one block
+@pytest.mark.parametrize("row_block", [1, 3, 10])  # 10 blocks, 4 padded blocks, one block
 def test_schur_product_equals_dense(row_block):
     problem, _ = small_problem(seed=3, n=10, m=5)
     p = init_factors(jax.random.PRNGKey(0), problem, 3, "scaled")

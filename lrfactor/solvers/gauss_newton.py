@@ -24,7 +24,9 @@ Y_ij = L_i⁻¹ u_ij (L_i the Cholesky factor of U'_i),
 
     (Cᵀ U'⁻¹ C)[(j,a),(k,c)] = H_ja H_kc Σ_i W_ia W_ic · ω_ij ω_ik (Y_ij · Y_ik)
 
-i.e. one (r² × n) @ (n × m²) product: n m² (r + r²) flops instead of n m² r³.
+i.e. K_ijk = ω_ij ω_ik (Y_ij · Y_ik) for the m(m+1)/2 pairs j ≤ k, then one
+(m(m+1)/2 × n) @ (n × r(r+1)/2) product with the pairs W_ia W_ic, a ≤ c:
+n m² (r + r(r+1)/2) flops instead of n m² r³.
 
 Three methods share this machinery (Hong, Zach & Fitzgibbon, CVPR 2017):
 
@@ -184,7 +186,7 @@ def schur_product(Linv, W, H, omega, row_block: int):
         return acc + K @ (Wb[:, ia] * Wb[:, ic]), None
 
     blocks = (Lp.reshape(nb, row_block, r, r), Wp.reshape(nb, row_block, r), Op.reshape(nb, row_block, m))
-    Tt, _ = jax.lax.scan(block, jnp.zeros((tj.size, ia.size), W.dtype), blocks, unroll=nb if nb <= 8 else 1)
+    Tt, _ = jax.lax.scan(block, jnp.zeros((tj.size, ia.size), W.dtype), blocks)
     # One gather builds the full matrix: entry ((j,a),(k,c)) is Tt[(min, max of j, k), pair(a, c)] H_ja H_kc.
     J, A, K, C = np.ix_(np.arange(m), np.arange(r), np.arange(m), np.arange(r))
     lo, hi = np.minimum(J, K), np.maximum(J, K)

@@ -155,8 +155,9 @@ def schur_product(Linv, W, H, omega, row_block: int):
     Layout matters more than flops here (XLA on the CPU): the row index i is
     kept innermost, so K's gather runs over whole contiguous rows and its
     product with W∘W is a plain (pairs × rows) @ (rows × r(r+1)/2) matmul. With
-    i outermost the same step took twice as long (12.4 → 6 ms at the question's
-    size in float32), most of it in a gather that could not vectorise.
+    i outermost the same product took twice as long (12.4 ms against 6 ms at
+    the question's size in float32), most of it in a gather that could not
+    vectorise.
     """
     n, r = W.shape
     m = H.shape[0]
@@ -255,8 +256,9 @@ def factorize(W, H, omega, U, S, dA, dB, row_block: int = 256, schur_dtype=None)
     # scatter, so that the whole assembly is one elementwise fusion.
     bd = jnp.eye(m, dtype=red.dtype)[:, None, :, None] * c(_add_diag(S, dB))[:, :, None, :]
     red = red + bd.reshape(m * r, m * r)
-    # red is symmetric by construction: no symmetrisation, and its transpose (a
-    # free relayout) is what LAPACK's column-major potrf wants without a copy.
+    # red is symmetric by construction (to the rounding of S's own product;
+    # potrf reads one triangle): no symmetrisation, and its transpose (a free
+    # relayout) is what LAPACK's column-major potrf wants without a copy.
     return SchurFactor(Linv, jax.lax.linalg.cholesky(red.T, symmetrize_input=False))
 
 

@@ -154,13 +154,18 @@ def report(summary: dict, out: str) -> None:
 
     f = summary["final"]
     print(f"{summary['solver']}: {len(summary['seeds'])} seeds, {summary['wall_s']:.1f} s (+{summary['compile_s']:.1f} s compile) -> {out}")
-    ref = summary.get("reference", {})
+    rel = summary.get("relative", {})
+
+    def ratio(name, k, fmt):  # "—" where the reference is 0 (an exact fit), NaN in memory, null in JSON
+        v = rel[name][k]
+        return "—" if v is None or not np.isfinite(v) else format(v, fmt)
+
     for k, s in enumerate(summary["seeds"]):
         line = f"  seed {s:4d}: steps {int(f['steps'][k]):6d}  train {f['train_mse'][k]:.4g}  val {f['val_mse'][k]:.4g}"
-        if "truth_val_mse" in ref:
-            line += f"  val/theoretical {f['val_mse'][k] / ref['truth_val_mse'][k]:.3g}"
-        if "oracle_train_mse" in ref:
-            line += f"  train/oracle {f['train_mse'][k] / ref['oracle_train_mse'][k]:.4g}"
+        if "truth_val" in rel:
+            line += f"  val/theoretical {ratio('truth_val', k, '.3g')}"
+        if "oracle_train" in rel:
+            line += f"  train/oracle {ratio('oracle_train', k, '.4g')}"
         print(line)
     if "success_rate" in summary:
         print(f"  success (train <= 1.01 x oracle): {summary['success_rate']:.0%}")

@@ -190,14 +190,20 @@ def _summary(prep: Prepared, res_history, carry, refs, wall, compile_s, complete
         summary["trace_s"] = trace_s  # Hessian tracing in the last process, compilation included
     if refs:
         summary["reference"] = refs
-        rel = {"truth_val": final_val / refs["truth_val_mse"]}
+        rel = {"truth_val": _ratio(final_val, refs["truth_val_mse"])}
         if "oracle_train_mse" in refs:
-            rel["oracle_train"] = final_train / refs["oracle_train_mse"]
-            rel["oracle_val"] = final_val / refs["oracle_val_mse"]
+            rel["oracle_train"] = _ratio(final_train, refs["oracle_train_mse"])
+            rel["oracle_val"] = _ratio(final_val, refs["oracle_val_mse"])
             summary["success"] = final_train <= 1.01 * refs["oracle_train_mse"]
             summary["success_rate"] = float(np.mean(summary["success"]))
         summary["relative"] = rel
     return summary
+
+
+def _ratio(a, b):
+    """a / b per seed, NaN where the reference b is 0 (rank ≥ true rank without noise: the truth fits exactly)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    return np.divide(a, b, out=np.full(np.broadcast(a, b).shape, np.nan), where=b > 0)
 
 
 def _write_outputs(out: str, prep: Prepared, solver, carry, history, traces, refs, wall, compile_s, complete,

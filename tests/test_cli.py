@@ -98,6 +98,18 @@ def test_run_writes_contract_files(tmp_path):
     assert not os.path.exists(os.path.join(out, "checkpoint.npz"))
 
 
+def test_exact_fit_reference_is_reported_not_divided_by(tmp_path, capsys):
+    # rank ≥ true rank without noise: the truncated truth fits exactly, its MSE is 0
+    out = str(tmp_path / "run")
+    argv = ["--solver", "gauss_newton", "--seeds", "1", "--steps", "3", "--out", out,
+            "--n", "30", "--m", "10", "--true-rank", "2", "--rank", "3", "--quiet"]
+    assert cli.main(argv) == 0
+    summary = json.load(open(os.path.join(out, "summary.json")))
+    assert summary["reference"]["truth_val_mse"] == [0.0]
+    assert summary["relative"]["truth_val"] == [None]  # NaN, written as null
+    assert "val/theoretical —" in capsys.readouterr().out
+
+
 def test_killed_run_resumes_to_the_same_result(tmp_path, monkeypatch):
     args = ["--solver", "gauss_newton", "--seeds", "2", "--steps", "12", "--chunk", "4"] + SMALL
     full = str(tmp_path / "full")

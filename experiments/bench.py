@@ -536,7 +536,7 @@ def part_dense(a, S_unused=None) -> dict:
     return out
 
 
-def gn_flops(n, m, r, n_train, refine: int = 1, backtrack: bool = True):
+def gn_flops(n, m, r, refine: int = 1, backtrack: bool = True):
     """Flops of one joint-LM iteration (dense masks), by term, as the step does them."""
     mm = m * (m + 1) // 2  # the Schur product forms only the pairs j ≤ k
     return {
@@ -590,9 +590,9 @@ def part_flops(a, S: Setup) -> dict:
     ts64 = ts64[1:]
     rate2 = matmul_rate()  # again after: the load on a shared machine moves
     mixed = S.cfg.schur_precision == "mixed"
-    terms = gn_flops(n, m, r, int(S.rows.size), S.cfg.refine if mixed else 0, S.cfg.backtrack)
+    terms = gn_flops(n, m, r, S.cfg.refine if mixed else 0, S.cfg.backtrack)
     total = sum(terms.values())
-    total64 = sum(gn_flops(n, m, r, int(S.rows.size), 0, S.cfg.backtrack).values())
+    total64 = sum(gn_flops(n, m, r, 0, S.cfg.backtrack).values())
     g = max(rate["gflops_best"], rate2["gflops_best"]) * 1e9
     g32 = rate32["gflops_best"] * 1e9
     f32 = sum(v for k, v in terms.items() if k in F32_TERMS) if mixed else 0

@@ -166,7 +166,7 @@ def main(argv=None):
                       flush=True)
                 save()
                 continue
-            fl = sum(gn_flops(v["n"], v["m"], v["rank"], 0).values())
+            fl = sum(gn_flops(v["n"], v["m"], v["rank"]).values())
             scaling["rows"].append({**v, "s_per_iter": sec, "iteration_flops": fl, "flop_time_s": fl / rate,
                                     "ratio_to_flop_time": sec / (fl / rate), "bytes": nbytes})
             print(f"GN n={v['n']:5d} m={v['m']:4d} r={v['rank']:2d} obs={v['observed']:.1f}: {sec * 1e3:8.1f} ms/iter, "

@@ -164,8 +164,8 @@ def schur_product(Linv, W, H, omega, row_block: int):
     nb = -(-n // row_block)
     row_block = -(-n // nb)  # same number of blocks, least padding
     pad = nb * row_block - n
-    eye = jnp.eye(r, dtype=W.dtype)
-    Lp = jnp.concatenate([Linv, jnp.broadcast_to(eye, (pad, r, r))]) if pad else Linv
+    # Padding rows have W = 0, so they add nothing whatever their L⁻¹.
+    Lp = jnp.pad(Linv, ((0, pad), (0, 0), (0, 0)))
     Wp = jnp.pad(W, ((0, pad), (0, 0)))
     Op = jnp.pad(omega, ((0, pad), (0, 0)))
 

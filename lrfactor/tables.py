@@ -68,6 +68,7 @@ from lrfactor.problems import ProblemError, check_problem
 
 TABLE_EXTENSIONS = (".csv", ".parquet", ".pq", ".npz")
 MISSING_PAIRS_LIMIT = 10_000_000  # missing_pairs refuses more pairs than this (3 int64/float64 arrays: 240 MB)
+CSV_BLOCK = 1 << 24  # bytes of CSV text parsed per block (per thread)
 PREDICT_CHUNK = 65_536  # pairs per chunk in predict_pairs: (chunk, r) temporaries, never (n, m)
 SPLIT_VALUES = ("train", "val")
 _INT_ID = r"^-?(0|[1-9][0-9]{0,17})$"  # a plain decimal integer that fits in int64
@@ -207,12 +208,13 @@ def _read_columns(path, ext, row_key, col_key, value_key, split_key, n_keys=3):
 
     def read(value_type):
         if ext == ".csv":
-            types = {name: pa.string() for name in text}
+            types = {name: pa.dictionary(pa.int32(), pa.string()) for name in text}
             if "value" in roles:
                 types[roles["value"]] = value_type
             opts = pacsv.ConvertOptions(include_columns=list(roles.values()), column_types=types)
-            return pacsv.read_csv(path, convert_options=opts)
-        return pq.read_table(path, columns=list(roles.values()))
+            # Large blocks: fewer chunks, so fewer per-chunk id dictionaries to unify.
+            return pacsv.read_csv(path, read_options=pacsv.ReadOptions(block_size=CSV_BLOCK), convert_options=opts)
+        return pq.read_table(path, columns=list(roles.values()), read_dictionary=list(text))
 
     try:
         try:
@@ -223,7 +225,8 @@ def _read_columns(path, ext, row_key, col_key, value_key, split_key, n_keys=3):
             t = read(pa.string())  # a non-numeric value: read it as text to find its line
     except (OSError, pa.ArrowException) as e:
         raise ProblemError(f"{path}: not a readable {ext[1:]} file ({_first_line(e)})") from None
-    cols = {role: t.column(name).combine_chunks() for role, name in roles.items()}
+    cols = {role: t.column(name) for role, name in roles.items()}  # chunked: no copy of the columns
+    del t
     cols["names"] = roles
     where = (lambda k: f"line {k + 2}") if ext == ".csv" else (lambda k: f"record {k}")
     return cols, where
@@ -252,74 +255,88 @@ def _values(path, arr, where, name) -> np.ndarray:
 
 
 def _encode_ids(path, arr, where, name):
-    """Index of each line's id in the sorted ids, and the ids (int64 or object array of str)."""
-    if not (pa.types.is_integer(arr.type) or pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+    """Index of each line's id in the sorted ids, and the ids (int64 or object array of str).
+
+    The column is dictionary-encoded (the CSV reader decodes ids straight into
+    a dictionary; other columns are encoded here), so the ids are handled once
+    each, not once per line.
+    """
+    if not isinstance(arr, pa.ChunkedArray):
+        arr = pa.chunked_array([arr])
+    if arr.null_count:
+        k = int(np.argmax(pc.is_null(arr).to_numpy(zero_copy_only=False)))
+        raise ProblemError(f"{path}: empty id in column {name!r} at {where(k)}")
+    # One dictionary shared by all chunks: unified, or built so by dictionary_encode.
+    arr = arr.unify_dictionaries() if pa.types.is_dictionary(arr.type) else pc.dictionary_encode(arr)
+    index = np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in arr.chunks])
+    dictionary = arr.chunk(0).dictionary
+    if not (pa.types.is_integer(dictionary.type) or pa.types.is_string(dictionary.type)
+            or pa.types.is_large_string(dictionary.type)):
         try:
-            arr = pc.cast(arr, pa.string())
+            dictionary = pc.cast(dictionary, pa.string())
         except pa.ArrowException:
-            raise ProblemError(f"{path}: ids of type {arr.type} in column {name!r} cannot be read as text") from None
-    empty = pc.is_null(arr)
-    if not pa.types.is_integer(arr.type):
-        empty = pc.or_(empty, pc.equal(pc.utf8_length(arr), 0))
-    empty = empty.to_numpy(zero_copy_only=False)
-    if empty.any():
-        raise ProblemError(f"{path}: empty id in column {name!r} at {where(int(np.argmax(empty)))}")
-    enc = pc.dictionary_encode(arr)
-    first = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    dictionary = enc.dictionary
+            raise ProblemError(f"{path}: ids of type {dictionary.type} in column {name!r} cannot be read as text") from None
     if pa.types.is_integer(dictionary.type):
         ids = dictionary.to_numpy(zero_copy_only=False).astype(np.int64)
-    elif pc.all(pc.match_substring_regex(dictionary, _INT_ID)).as_py():
-        ids = pc.cast(dictionary, pa.int64()).to_numpy(zero_copy_only=False)
     else:
-        ids = np.array(dictionary.to_pylist(), dtype=object)
+        empty = pc.equal(pc.utf8_length(dictionary), 0).to_numpy(zero_copy_only=False)
+        if empty.any():
+            raise ProblemError(f"{path}: empty id in column {name!r} at {where(int(np.argmax(index == np.argmax(empty))))}")
+        if pc.all(pc.match_substring_regex(dictionary, _INT_ID)).as_py():
+            ids = pc.cast(dictionary, pa.int64()).to_numpy(zero_copy_only=False)
+        else:
+            ids = np.array(dictionary.to_pylist(), dtype=object)
     order = np.argsort(ids, kind="stable")
-    rank = np.empty_like(order)
+    rank = np.empty(order.size, np.int64)
     rank[order] = np.arange(order.size)
-    return rank[first], ids[order]
+    return _compact(rank[index], ids[order])
 
 
 def _table_from_columns(path, cols, where, val_fraction, split_seed, loss) -> Table:
-    """Validate the columns read from a CSV/Parquet file and build the Table (see the module's conventions)."""
-    names = cols["names"]
-    vals = _values(path, cols["value"], where, names["value"])
+    """Validate the columns read from a CSV/Parquet file and build the Table (see the module's conventions).
+
+    Each pyarrow column is dropped as soon as its numpy form exists, so that
+    the file's text and the arrays of the Table are not all held at once.
+    """
+    names = cols.pop("names")
+    vals = _values(path, cols.pop("value"), where, names["value"])
     if vals.size == 0:
         raise ProblemError(f"{path}: empty table (no lines)")
     is_val = None
     if "split" in cols:
-        split = cols["split"]
-        ok = pc.fill_null(pc.is_in(split, value_set=_pa_strings(SPLIT_VALUES)), False).to_numpy(zero_copy_only=False)
+        split = cols.pop("split")
+        ok = pc.fill_null(pc.is_in(split, value_set=pa.array(SPLIT_VALUES)), False).to_numpy(zero_copy_only=False)
         if not ok.all():
             k = int(np.argmax(~ok))
             raise ProblemError(f"{path}: split column {names['split']!r} has {split[k].as_py()!r} at {where(k)}; "
                                f"expected {' or '.join(SPLIT_VALUES)}")
         is_val = pc.equal(split, "val").to_numpy(zero_copy_only=False)
+        del split
     # Ids are checked on every line (an empty id is an error even where the value is missing).
-    rows, row_ids = _encode_ids(path, cols["row"], where, names["row"])
-    cols_, col_ids = _encode_ids(path, cols["col"], where, names["col"])
+    rows, row_ids = _encode_ids(path, cols.pop("row"), where, names["row"])
+    cols_, col_ids = _encode_ids(path, cols.pop("col"), where, names["col"])
+    pa.default_memory_pool().release_unused()
     missing = np.isnan(vals)
-    n_missing = int(missing.sum())
-    line = np.flatnonzero(~missing)  # file line of each kept entry
-    if line.size == 0:
+    n_missing = int(np.count_nonzero(missing))
+    if n_missing == vals.size:
         raise ProblemError(f"{path}: empty table (all {vals.size} values are missing)")
+    line = None  # file line of each kept entry, when lines were dropped
     if n_missing:
+        line = np.flatnonzero(~missing)
         vals, is_val = vals[line], (None if is_val is None else is_val[line])
         rows, row_ids = _compact(rows[line], row_ids)
         cols_, col_ids = _compact(cols_[line], col_ids)
-    _check_values(path, vals, lambda k: where(int(line[k])), loss)
+    del missing
+    at = where if line is None else (lambda k: where(int(line[k])))
+    _check_values(path, vals, at, loss)
     shape = (row_ids.size, col_ids.size)
-    _check_duplicates(path, rows, cols_, shape, row_ids, col_ids, lambda k: where(int(line[k])))
+    _check_duplicates(path, rows, cols_, shape, row_ids, col_ids, at)
     if is_val is None:
         is_val = random_split(vals.size, val_fraction, split_seed)
     _check_coverage(path, rows, cols_, is_val, shape, row_ids, col_ids)
     return Table(rows=rows, cols=cols_, vals=vals, is_val=np.asarray(is_val, bool), shape=shape,
                  row_ids=row_ids, col_ids=col_ids, row_key=names["row"], col_key=names["col"],
                  value_key=names["value"], n_missing=n_missing, source=path)
-
-
-def _pa_strings(values):
-
-    return pa.array(list(values), pa.string())
 
 
 def _compact(codes, ids):
@@ -355,8 +372,11 @@ def _check_values(path, vals, where, loss):
 def _check_duplicates(path, rows, cols, shape, row_ids, col_ids, where):
     """A (row, column) pair given twice is ambiguous: name the first such pair and its two lines."""
     flat = rows * np.int64(shape[1]) + cols
-    dup = pd.Series(flat).duplicated().to_numpy()
-    if dup.any():
+    flat_sorted = np.sort(flat)  # a sort needs far less memory than a hash table of 10⁷ keys
+    same = flat_sorted[1:] == flat_sorted[:-1]
+    if same.any():
+        twice = np.isin(flat, flat_sorted[1:][same])  # lines whose pair occurs more than once
+        dup = twice & pd.Series(flat).duplicated().to_numpy()
         k = int(np.argmax(dup))
         j = int(np.argmax(flat == flat[k]))
         raise ProblemError(f"{path}: duplicate entry (row {_show(row_ids[rows[k]])}, column "

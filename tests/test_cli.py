@@ -43,6 +43,8 @@ def _bad_inputs(tmp_path):
     garbage.write_bytes(b"not a zip file")
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
+    dirnpz = tmp_path / "dir.npz"
+    dirnpz.mkdir()
     old = tmp_path / "old_run"  # saved before backtracking, restarts and refinement existed
     old.mkdir()
     shutil.copy(os.path.join(os.path.dirname(__file__), "..", "results", "gn-100-1000", "config.json"), old)
@@ -56,7 +58,8 @@ def _bad_inputs(tmp_path):
         "hals with lambda0": (["--solver", "hals", "--lambda0", "1"], "--lambda0 1.0 has no effect here"),
         "withdrawn method": (["--method", "joint_epi"], "unknown method 'joint_epi'"),
         "unreadable file": (["--data", str(garbage)], "not a readable"),
-        "directory as data": (["--data", str(tmp_path)], "unknown file type"),
+        "directory as data": (["--data", str(dirnpz)], "is a directory, not a data file"),
+        "unknown data type": (["--data", str(a_file)], "unknown file type; expected .npz, .csv, .parquet"),
         "missing file": (["--data", str(tmp_path / "nope.npz")], "no such file"),
         "wrong shapes": (["--data", _npz(tmp_path, V=V, train_mask=tr[:5])], "shape"),
         "nan observed": (["--data", _npz(tmp_path, V=nan_V, train_mask=tr)], "NaN or inf"),
@@ -81,11 +84,13 @@ def _bad_inputs(tmp_path):
     }
 
 
-BAD = ["lambda0 zero", "batch size zero", "one Lanczos step", "negative seed", "adam with kl", "hals with lambda0",
-       "withdrawn method", "unreadable file", "directory as data", "missing file", "wrong shapes", "nan observed",
-       "negative with kl", "empty row", "empty column", "rank too large", "rank above synthetic", "non-bool mask",
-       "unknown solver", "unknown loss", "missing key", "hals with kl", "too many restarts", "negative restarts",
-       "not a number", "out is a file", "out under a file", "resume with flags", "resume old record"]
+BAD = [
+        "lambda0 zero", "batch size zero", "one Lanczos step", "negative seed", "adam with kl", "hals with lambda0",
+        "withdrawn method", "unreadable file", "directory as data", "unknown data type", "missing file",
+        "wrong shapes", "nan observed", "negative with kl", "empty row", "empty column", "rank too large",
+        "rank above synthetic", "non-bool mask", "unknown solver", "unknown loss", "missing key", "hals with kl",
+        "too many restarts", "negative restarts", "not a number", "out is a file", "out under a file",
+        "resume with flags", "resume old record"]
 
 
 @pytest.mark.parametrize("case", BAD)

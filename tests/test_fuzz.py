@@ -4,7 +4,7 @@ Every case must end with exit status 0, or 2 with exactly one ``error: ...``
 line on stderr: never a traceback, and nothing already saved in ``--out`` is
 lost (a refused case writes nothing at all).
 
-``test_fuzz_flags`` and ``test_fuzz_data`` go through ``lrfactor.cli.main``
+``test_fuzz_flags`` (200 cases) and ``test_fuzz_data`` (200) go through ``lrfactor.cli.main``
 in-process up to the start of the run (validation, data loading, the solver
 factories); a case that passes all of that is counted and not run, which keeps
 hundreds of cases within seconds. ``test_fuzz_runs`` runs the cases that pass,
@@ -160,7 +160,7 @@ def _good_npz(path):
 
 
 @given(argv=argvs(), out_state=st.sampled_from(["new", "empty", "full", "file"]))
-@settings(FUZZ, max_examples=300)
+@settings(FUZZ, max_examples=200)
 def test_fuzz_flags(argv, out_state, tmp_path_factory, no_run):
     base = _case_dir(tmp_path_factory)
     argv = [os.path.join(base, "x.npz") if a == "DATA_OK" else os.path.join(base, "d.npz") if a == "DATA_DIR" else a
@@ -307,7 +307,7 @@ def _valid(argv):
 
 
 @given(flags=run_flags)
-@settings(FUZZ, max_examples=4)
+@settings(FUZZ, max_examples=3)
 def test_fuzz_runs(flags, tmp_path_factory):
     argv = TINY + [a for f in flags for a in f]
     assume(_valid(argv))  # refusals are the other tests' business; these cases run

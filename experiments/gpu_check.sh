@@ -1,19 +1,39 @@
 #!/usr/bin/env bash
-# One short GPU check (issue: 1,000 seeds of the flagship on the question's
-# problem in <= 60 s on one H100). Installs nothing: the GPU image has jax,
-# optax, numpy, matplotlib and tqdm; lrfactor is used from this checkout.
-# Prints a throughput table, then times the full 1,000-seed run.
-#   bash experiments/gpu_check.sh            # output under ${OUT:-/tmp}/gpu-check
+# The prepared accelerator check: a throughput table, then the flagship solver
+# on 1,000 seeds of the question's problem, timed end to end (compilation and
+# the oracle included). Installs nothing: it needs jax, optax, numpy,
+# matplotlib and tqdm, and uses lrfactor from this checkout.
+#
+#   bash experiments/gpu_check.sh                   # output under ${OUT:-/tmp}/gpu-check
+#   GPU_CHECK_DRY=1 bash experiments/gpu_check.sh   # the same steps, tiny sizes: runs on a CPU in seconds
+#
+# The dry run exercises every command with small batches and a 60 x 20
+# problem, so a broken script is found before accelerator time is spent on it
+# (tests/test_gpu_check.py runs it). PYTHON picks the interpreter.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-dest="${OUT:-/tmp}/gpu-check"
+py="${PYTHON:-python3}"
+if [[ "${GPU_CHECK_DRY:-0}" == 1 ]]; then
+  dest="${OUT:-/tmp}/gpu-check-dry"
+  solvers=(gauss_newton hals); batch=(1); big=2; steps=2; run_steps=5
+  problem=(--n 60 --m 20 --true-rank 4 --rank 3)
+else
+  dest="${OUT:-/tmp}/gpu-check"
+  solvers=(gauss_newton adam hals); batch=(1 10 100 1000); big=1000; steps=10; run_steps=250
+  problem=()
+fi
+if [[ -e "$dest/gn-$big" ]]; then  # never overwrite an earlier check
+  echo "error: $dest/gn-$big exists; set OUT to another folder" >&2
+  exit 2
+fi
 mkdir -p "$dest"
-python3 -c "import jax; print('devices:', jax.devices())"
-python3 experiments/throughput.py --solvers gauss_newton adam hals --seeds 1 10 100 1000 --steps 10 --out "$dest"
-# float32 and float64 side by side for the flagship at 1,000 seeds
-python3 experiments/throughput.py --solvers gauss_newton --seeds 1000 --steps 10 --precision 32 --out "$dest/f32"
+"$py" -c "import jax; print('devices:', jax.devices())"
+"$py" experiments/throughput.py --solvers "${solvers[@]}" --seeds "${batch[@]}" --steps "$steps" --out "$dest"
+# float32 beside the default float64 for the flagship at the largest batch
+"$py" experiments/throughput.py --solvers gauss_newton --seeds "$big" --steps "$steps" --precision 32 --out "$dest/f32"
 start=$(date +%s)
-python3 experiments/run.py --solver gauss_newton --seeds 1000 --steps 250 --quiet --out "$dest/gn-1000" | tail -3
-echo "1000-seed flagship run, wall incl. compile and oracle: $(( $(date +%s) - start )) s"
-python3 experiments/success_table.py "$dest/gn-1000" | tail -3
+"$py" experiments/run.py --solver gauss_newton --seeds "$big" --steps "$run_steps" "${problem[@]}" --quiet \
+  --out "$dest/gn-$big" | tail -3
+echo "$big-seed flagship run, wall incl. compile and oracle: $(( $(date +%s) - start )) s"
+"$py" experiments/success_table.py "$dest/gn-$big" | tail -3

@@ -1,7 +1,8 @@
-"""Fit a low-rank non-negative factorization, many seeds at once (see CONTRACT.md).
+"""Fit a low-rank non-negative factorization, many seeds at once (docs/contract.md).
 
     python experiments/run.py --solver gauss_newton
     python experiments/run.py --solver adam --seeds 10 --out results/adam-seed
+    python experiments/run.py --help          # every setting, and which solvers use it
 """
 
 import os

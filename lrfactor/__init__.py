@@ -4,8 +4,8 @@ import os
 
 # XLA's CPU Cholesky and triangular solves call LAPACK from scipy's bundled
 # OpenBLAS, loaded at the first such call. OpenBLAS's own thread pool then
-# competes with XLA's for the same cores: on 2 cores the 800 × 800 Cholesky
-# of the question's reduced system took 11 ms inside a Gauss-Newton step
-# instead of 3.5 ms, and the whole step 32 ms instead of 21 ms. One OpenBLAS
-# thread leaves the parallelism to XLA. An explicit setting is respected.
+# competes with XLA's for the same cores, and the reduced Cholesky of every
+# Gauss-Newton step runs several times slower than on one thread (figures in
+# results/README.md). One OpenBLAS thread leaves the parallelism to XLA. An
+# explicit setting is respected, and every run records the value it ran with.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")

@@ -1,7 +1,8 @@
 """Command line of experiments/run.py: parse, build the config, call the library.
 
-Bad input ends with exit status 2 and one line naming the problem, before any
-computing starts.
+Every field of :class:`lrfactor.config.RunConfig` is a flag. Bad input ends
+with exit status 2 and one line ``error: ...`` on stderr, before any computing
+starts and before anything is written.
 """
 
 from __future__ import annotations
@@ -12,18 +13,8 @@ import json
 import os
 import sys
 
-from lrfactor.config import RunConfig, resolve
-
-CHOICES = {
-    "loss": ("frobenius", "kl"),
-    "precision": (32, 64),
-    "init": ("keras", "scaled"),
-    "method": ("varpro", "joint", "joint_epi"),
-    "damping": ("levenberg", "marquardt", "sqrt"),
-    "mlp_dims": ("log", "linear"),
-    "lm_update": ("nielsen", "fast"),
-    "schur_precision": ("full", "mixed"),
-}
+from lrfactor import config as C
+from lrfactor.config import ConfigError, RunConfig
 
 
 class UsageError(Exception):
@@ -44,93 +35,90 @@ def field_help() -> dict:
         src = inspect.getsource(RunConfig)
     except (OSError, TypeError):  # no source shipped: flags without help
         return {}
-    return {m.group(1): m.group(2).replace("%", "%%")
-            for m in re.finditer(r"^\s+(\w+): [^#\n]*#\s*(.+)$", src, flags=re.M)}
+    found = {m.group(1): m.group(2).replace("%", "%%")
+             for m in re.finditer(r"^\s+(\w+): [^#\n]*#\s*(.+)$", src, flags=re.M)}
+    return {k: v for k, v in found.items() if k in C.FIELDS}
 
 
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="run.py", description="Fit V ≈ exp(A) exp(B)ᵀ on a mask, many seeds at once.",
-                epilog="Inputs and outputs: shared/CONTRACT.md; defaults reproduce the question.")
-    defaults = RunConfig()
+    p = _Parser(prog="run.py", allow_abbrev=False,
+                description="Fit V ≈ exp(A) exp(B)ᵀ on a mask, many seeds at once.",
+                epilog="Inputs, outputs and which settings apply to which solver: docs/contract.md. "
+                       "The defaults reproduce the question's problem and Keras setup.")
     helps = field_help()
-    for f in dataclasses.fields(RunConfig):
-        flag = "--" + f.name.replace("_", "-")
-        default = getattr(defaults, f.name)
-        if f.type in ("bool",) or isinstance(default, bool):
-            p.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction,
-                           help=helps.get(f.name))
+    known = C.choices()
+    for name, uses in C.USES.items():  # say which solvers read a setting
+        if name in helps and len(uses) < len(known["solver"]):
+            helps[name] += f" [{', '.join(uses)}]"
+    for name in C.FIELDS:
+        if name in C.BOOLS:
+            p.add_argument(C.flag(name), dest=name, default=None, action=argparse.BooleanOptionalAction,
+                           help=helps.get(name))
             continue
-        kind = {int: int, float: float}.get(type(default), str)
-        if f.name in ("steps", "precision", "seeds"):
-            kind = int
-        if f.name in ("l2", "lr"):
-            kind = float
-        metavar = "|".join(map(str, CHOICES[f.name])) if f.name in CHOICES else None
-        if f.name == "solver":
-            from lrfactor.solvers import SOLVERS
-
-            metavar = "|".join(sorted(SOLVERS))
-        p.add_argument(flag, dest=f.name, type=kind, default=None, metavar=metavar, help=helps.get(f.name))
-    p.add_argument("--resume", metavar="DIR", default=None, help="continue the interrupted run saved in DIR")
+        kind = int if name in C.INTS else float if name in C.FLOATS else str
+        metavar = "|".join(map(str, known[name])) if name in known else None
+        p.add_argument(C.flag(name), dest=name, type=kind, default=None, metavar=metavar, help=helps.get(name))
+    p.add_argument("--resume", metavar="DIR", default=None,
+                   help="continue the interrupted run saved in DIR with its saved settings (no other flag but --quiet)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 
 def config_from_args(args) -> RunConfig:
-    from lrfactor.solvers import SOLVERS
+    """The validated, resolved config of the parsed flags, with its output folder. Raises ConfigError."""
+    given = {name: getattr(args, name) for name in C.FIELDS if getattr(args, name) is not None}
+    cfg = C.resolve(C.validate(RunConfig(**given)))
+    if cfg.out is None:
+        from lrfactor.experiment import default_out
 
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig) if getattr(args, f.name) is not None}
-    cfg = RunConfig(**given)
-    if cfg.solver not in SOLVERS:
-        raise UsageError(f"unknown solver {cfg.solver!r}; known solvers: {', '.join(sorted(SOLVERS))}")
-    for name, allowed in CHOICES.items():
-        if getattr(cfg, name) is not None and getattr(cfg, name) not in allowed:
-            raise UsageError(f"unknown {name.replace('_', '-')} {getattr(cfg, name)!r}; known: {', '.join(map(str, allowed))}")
-    if cfg.seeds < 0 or (cfg.steps is not None and cfg.steps < 1) or cfg.rank < 1:
-        raise UsageError("--seeds must be >= 0, --steps >= 1 and --rank >= 1")
-    if cfg.hessian_every < 0:
-        raise UsageError("--hessian-every must be >= 0")
-    from lrfactor.solvers.gauss_newton import RESTART_SCHEDULE
-
-    if not 0 <= cfg.restarts <= len(RESTART_SCHEDULE):
-        raise UsageError(f"--restarts must be between 0 and {len(RESTART_SCHEDULE)}, got {cfg.restarts}")
-    if not 0 < cfg.observed < 1:
-        raise UsageError(f"--observed must lie in (0, 1), got {cfg.observed}")
-    if cfg.data and not os.path.exists(cfg.data):
-        raise UsageError(f"{cfg.data}: no such file")
-    cfg = resolve(cfg)
+        cfg = dataclasses.replace(cfg, out=default_out(cfg))
+    C.check_paths(cfg)
     from lrfactor.solvers import make_solver
 
-    try:  # solver factories refuse settings they cannot honour (e.g. hals with --loss kl)
+    try:  # solver factories refuse settings they cannot honour; nothing is computed here
         make_solver(cfg, {"n_train_max": cfg.batch_size})
     except ValueError as e:
-        raise UsageError(str(e)) from None
+        raise ConfigError(str(e).splitlines()[0]) from None
     return cfg
+
+
+def resume_config(args):
+    """(config, folder) of the run to resume, or (None, folder) when it is already complete."""
+    extra = [C.flag(name) for name in C.FIELDS if getattr(args, name) is not None]
+    if extra:
+        raise UsageError(f"--resume continues a run with its saved settings; remove {', '.join(extra)} "
+                         f"(only --quiet may go with it)")
+    out = args.resume
+    if not os.path.isdir(out):
+        raise UsageError(f"{out}: no such folder to resume")
+    if not os.path.exists(os.path.join(out, "config.json")):
+        raise UsageError(f"{out}: no run to resume (config.json missing)")
+    if not os.path.exists(os.path.join(out, "checkpoint.npz")):
+        summ = os.path.join(out, "summary.json")
+        try:
+            complete = os.path.exists(summ) and json.load(open(summ)).get("complete")
+        except (OSError, ValueError, AttributeError):
+            complete = False
+        if complete:
+            return None, out
+    from lrfactor.experiment import load_config
+
+    cfg = load_config(out)
+    C.check_paths(cfg, resume=True)
+    return cfg, out
 
 
 def main(argv=None) -> int:
     try:
         args = parser().parse_args(argv)
-        if args.resume:
-            from lrfactor.experiment import load_config
-
-            if not os.path.exists(os.path.join(args.resume, "config.json")):
-                raise UsageError(f"{args.resume}: no run to resume (config.json missing)")
-            cfg = load_config(args.resume)
-            out = args.resume
-            if not os.path.exists(os.path.join(out, "checkpoint.npz")):
-                summ = os.path.join(out, "summary.json")
-                if os.path.exists(summ) and json.load(open(summ)).get("complete"):
-                    print(f"{out}: run already complete", file=sys.stderr)
-                    return 0
+        if args.resume is not None:
+            cfg, out = resume_config(args)
+            if cfg is None:
+                print(f"{out}: run already complete", file=sys.stderr)
+                return 0
         else:
             cfg = config_from_args(args)
-            from lrfactor.experiment import default_out
-
-            out = cfg.out or default_out(cfg)
-            if os.path.exists(out) and os.listdir(out):
-                raise UsageError(f"{out}: folder exists and is not empty; use --resume {out} or another --out")
-            cfg = dataclasses.replace(cfg, out=out)
+            out = cfg.out
         import jax
 
         jax.config.update("jax_enable_x64", cfg.precision == 64)
@@ -141,10 +129,15 @@ def main(argv=None) -> int:
             prep = prepare(cfg)
         except ProblemError as e:
             raise UsageError(str(e)) from None
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
+        try:  # the first thing written; check_paths vetted the path, the disk has the last word
+            os.makedirs(out, exist_ok=True)
+        except OSError as e:
+            raise UsageError(f"--out {out}: cannot create the folder ({e.strerror})") from None
+    except (UsageError, ConfigError) as e:
+        msg = " ".join(str(e).split())  # one line, whatever the message held
+        print(f"error: {msg}", file=sys.stderr)
         return 2
-    summary = execute(cfg, out, resume=bool(args.resume), progress=not args.quiet, prep=prep)
+    summary = execute(cfg, out, resume=args.resume is not None, progress=not args.quiet, prep=prep)
     report(summary, out)
     return 0
 

@@ -260,8 +260,9 @@ def _load_checkpoint(out, carry_template):
 
 
 def config_record(cfg: RunConfig, out: str) -> dict:
+    """What ``config.json`` holds: the schema version, every setting used, and the environment."""
     env = results.environment()
-    rec = {"config": dataclasses.asdict(cfg), "out": out, "precision": cfg.precision, **env}
+    rec = {"schema": config_mod.SCHEMA, "config": dataclasses.asdict(cfg), "out": out, "precision": cfg.precision, **env}
     rec["devices"] = env["devices"]
     rec["started"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     return rec
@@ -298,12 +299,70 @@ def execute(cfg: RunConfig, out: str, *, resume: bool = False, progress: bool = 
     return results.read_json(os.path.join(out, "summary.json"))
 
 
+# Settings that records of schema 1 may hold and the program no longer has,
+# with the value under which they changed nothing.
+RETIRED = {"geodesic": False, "newton_iters": 0, "lm_update": "nielsen", "lam_down": None}
+# Settings new in schema 2 and the values that say what runs of schema 1 did:
+# dense masks, the dense Schur solve. (Schema 1 records may carry a
+# linear_solver or cg_iters of their own: the run path never read them.)
+SCHEMA_2_FILL = {"layout": "dense", "linear_solver": "dense_schur", "cg_iters": 100, "cg_tol": 1e-2,
+                 "row_key": None, "col_key": None, "value_key": None, "split_key": None,
+                 "val_fraction": 0.2, "split_seed": 0, "predict": None}
+
+
 def load_config(out: str) -> RunConfig:
-    rec = results.read_json(os.path.join(out, "config.json"))
-    known = {f.name for f in dataclasses.fields(RunConfig)}
-    # Settings later removed from RunConfig (they changed nothing for this
-    # run's solver) are dropped, so older runs still resume.
-    return RunConfig(**{k: v for k, v in rec["config"].items() if k in known})
+    """The config of the run saved in ``out``, as it ran. Raises ConfigError when it cannot be honoured.
+
+    A record is refused rather than completed with today's defaults when a
+    setting the run's solver uses is missing from it (it was saved before the
+    setting existed, so today's default may not be what it ran with), when it
+    used a setting the program no longer has, or when it comes from a newer
+    schema. Settings its solver does not use are reset to their defaults.
+    """
+    from lrfactor.config import ConfigError
+
+    path = os.path.join(out, "config.json")
+    try:
+        rec = results.read_json(path)
+        saved = dict(rec["config"])
+        schema = int(rec.get("schema", 1))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{path}: not a readable run config ({type(e).__name__})") from None
+    if schema > config_mod.SCHEMA:
+        raise ConfigError(f"{path}: written by a newer lrfactor (config schema {schema}; this one reads up to "
+                          f"{config_mod.SCHEMA})")
+    try:
+        return _honour(saved, schema)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def _honour(saved: dict, schema: int) -> RunConfig:
+    from lrfactor.config import ConfigError
+
+    try:
+        probe = RunConfig(**{k: v for k, v in saved.items() if k in config_mod.FIELDS})
+    except TypeError as e:
+        raise ConfigError(f"not a readable run config ({e})") from None
+    if schema == 1:
+        for name, off in RETIRED.items():
+            if name in saved and off is not None and saved[name] != off and saved.get("solver") == "gauss_newton":
+                raise ConfigError(f"the run used {name}={saved[name]!r}, which this version no longer has")
+        saved = {**saved, **SCHEMA_2_FILL}
+        probe = dataclasses.replace(probe, **SCHEMA_2_FILL)
+    unknown = sorted(set(saved) - set(config_mod.FIELDS) - (set(RETIRED) if schema == 1 else set()))
+    if unknown:
+        raise ConfigError(f"unknown settings {', '.join(unknown)}")
+    config_mod.check_types(probe)
+    known = config_mod.choices()
+    if probe.solver not in known["solver"]:
+        raise ConfigError(f"unknown solver {probe.solver!r}")
+    missing = [name for name in config_mod.FIELDS
+               if name not in saved and config_mod.unused_reason(name, probe, known) is None]
+    if missing:
+        raise ConfigError(f"saved before {', '.join(missing)} existed; resuming would run them with today's "
+                          f"defaults, which may not be what the run used. Start a new run instead")
+    return config_mod.validate(config_mod.drop_unused(probe))
 
 
 def default_out(cfg: RunConfig) -> str:

@@ -1,6 +1,6 @@
 """Figures from saved runs only: nothing here trains, traces or recomputes a run.
 
-Everything is read back with :func:`lrfactor.results.load_run` (CONTRACT.md
+Everything is read back with :func:`lrfactor.results.load_run` (docs/contract.md
 files). The one computation done at plot time is turning the saved Lanczos
 tridiagonals into a smoothed spectral density (Ghorbani, Krishnan & Xiao 2019;
 init2winit saves the raw tridiagonals and smooths when plotting): for each
@@ -10,7 +10,7 @@ probe, T = S diag(θ) Sᵀ gives quadrature nodes θ_j with weights S_1j², and
     s(λ) = sign(λ) log10(1 + |λ|/c),
 
 a Gaussian-smoothed density on the symlog eigenvalue axis s (linear within
-±c of zero). The gauge modes (DESIGN.md §2), projected out by the tracer, are
+±c of zero). The gauge modes (docs/design.md §2), projected out by the tracer, are
 put back as a point mass n_gauge/N at their Rayleigh quotient.
 
 Figures (each a function of loaded runs returning a matplotlib Figure; the

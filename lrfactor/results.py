@@ -1,4 +1,4 @@
-"""Saved runs: atomic writes, the CONTRACT.md files, and loading them back.
+"""Saved runs: atomic writes, the files of docs/contract.md, and loading them back.
 
 Every file is written to a temporary name in the same folder and moved into
 place with ``os.replace``, so a crash never leaves a half-written file that

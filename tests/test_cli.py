@@ -1,6 +1,7 @@
 import dataclasses
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -32,39 +33,81 @@ def _bad_inputs(tmp_path):
     tr[:, 0] = tr[0, :] = True
     nan_V = V.copy()
     nan_V[0, 0] = np.nan
+    neg_V = V.copy()
+    neg_V[0, 0] = -0.5
     empty_row = tr.copy()
     empty_row[3] = False
     empty_col = tr.copy()
     empty_col[:, 2] = False
     garbage = tmp_path / "garbage.npz"
     garbage.write_bytes(b"not a zip file")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    dirnpz = tmp_path / "dir.npz"
+    dirnpz.mkdir()
+    old = tmp_path / "old_run"  # saved before backtracking, restarts and refinement existed
+    old.mkdir()
+    shutil.copy(os.path.join(os.path.dirname(__file__), "..", "results", "gn-100-1000", "config.json"), old)
+    np.savez(old / "checkpoint.npz", x=np.zeros(1))
     return {
+        "lambda0 zero": (["--solver", "gauss_newton", "--lambda0", "0"], "--lambda0 must be > 0, got 0.0"),
+        "batch size zero": (["--solver", "adam", "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+        "one Lanczos step": (["--hessian-every", "1", "--lanczos-steps", "1"], "--lanczos-steps must be >= 2"),
+        "negative seed": (["--seed", "-3"], "--seed must be in [0, 2**32), got -3"),
+        "adam with kl": (["--solver", "adam", "--loss", "kl"], "--loss kl has no effect here: the adam solver"),
+        "hals with lambda0": (["--solver", "hals", "--lambda0", "1"], "--lambda0 1.0 has no effect here"),
+        "withdrawn method": (["--method", "joint_epi"], "unknown method 'joint_epi'"),
         "unreadable file": (["--data", str(garbage)], "not a readable"),
+        "directory as data": (["--data", str(dirnpz)], "is a directory, not a data file"),
+        "unknown data type": (["--data", str(a_file)], "unknown file type; expected .npz, .csv, .parquet"),
         "missing file": (["--data", str(tmp_path / "nope.npz")], "no such file"),
         "wrong shapes": (["--data", _npz(tmp_path, V=V, train_mask=tr[:5])], "shape"),
         "nan observed": (["--data", _npz(tmp_path, V=nan_V, train_mask=tr)], "NaN or inf"),
+        "negative with kl": (["--data", _npz(tmp_path, V=neg_V, train_mask=tr), "--loss", "kl", "--rank", "2"],
+                             "negative observed entries; NMF needs V >= 0"),
         "empty row": (["--data", _npz(tmp_path, V=V, train_mask=empty_row)], "empty rows"),
         "empty column": (["--data", _npz(tmp_path, V=V, train_mask=empty_col)], "empty columns"),
         "rank too large": (["--data", _npz(tmp_path, V=V, train_mask=tr), "--rank", "7"], "rank 7"),
+        "rank above synthetic": (["--n", "6", "--m", "4", "--rank", "5"], "--rank 5 must be between 1 and min"),
+        "non-bool mask": (["--data", _npz(tmp_path, V=V, train_mask=tr.astype(int))], "must be boolean"),
         "unknown solver": (["--solver", "newton"], "unknown solver 'newton'; known solvers:"),
         "unknown loss": (["--loss", "hinge"], "unknown loss"),
         "missing key": (["--data", _npz(tmp_path, V=V)], "missing key 'train_mask'"),
         "hals with kl": (["--solver", "hals", "--loss", "kl"], "kl"),
         "too many restarts": (["--restarts", "9"], "--restarts must be between 0 and 4, got 9"),
         "negative restarts": (["--restarts", "-1"], "--restarts must be between 0 and 4, got -1"),
+        "not a number": (["--rank", "eight"], "argument --rank: invalid int value: 'eight'"),
+        "out is a file": (["--out", str(a_file)], "exists and is a file"),
+        "out under a file": (["--out", str(a_file / "run")], "is a file, so the folder cannot be created"),
+        "resume with flags": (["--resume", str(old), "--steps", "5"], "remove --steps (only --quiet may go with it)"),
+        "resume old record": (["--resume", str(old)], "saved before refine, backtrack, restarts existed"),
     }
 
 
-@pytest.mark.parametrize("case", ["unreadable file", "missing file", "wrong shapes", "nan observed", "empty row",
-                                  "empty column", "rank too large", "unknown solver", "unknown loss", "missing key",
-                                  "hals with kl", "too many restarts", "negative restarts"])
+BAD = [
+        "lambda0 zero", "batch size zero", "one Lanczos step", "negative seed", "adam with kl", "hals with lambda0",
+        "withdrawn method", "unreadable file", "directory as data", "unknown data type", "missing file",
+        "wrong shapes", "nan observed", "negative with kl", "empty row", "empty column", "rank too large",
+        "rank above synthetic", "non-bool mask", "unknown solver", "unknown loss", "missing key", "hals with kl",
+        "too many restarts", "negative restarts", "not a number", "out is a file", "out under a file",
+        "resume with flags", "resume old record"]
+
+
+@pytest.mark.parametrize("case", BAD)
 def test_bad_input_exits_2_with_one_line(case, tmp_path, capsys):
     args, msg = _bad_inputs(tmp_path)[case]
-    code = cli.main(args + ["--out", str(tmp_path / "out")])
-    err = capsys.readouterr().err.strip()
+    before = sorted(p for p in tmp_path.rglob("*"))
+    stamp = {p: p.stat().st_mtime_ns for p in before if p.is_file()}
+    argv = args if "--out" in args or "--resume" in args else args + ["--out", str(tmp_path / "out")]
+    code = cli.main(argv + ["--quiet"])
+    captured = capsys.readouterr()
+    err = captured.err.strip()
     assert code == 2
-    assert len(err.splitlines()) == 1 and msg in err, err
-    assert not os.path.exists(tmp_path / "out" / "history.npz")
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and msg in err, err
+    assert captured.out == ""
+    # nothing written: no new file or folder, no file changed
+    assert sorted(p for p in tmp_path.rglob("*")) == before
+    assert {p: p.stat().st_mtime_ns for p in before if p.is_file()} == stamp
 
 
 def test_existing_run_is_not_overwritten(tmp_path, capsys):

@@ -1,0 +1,30 @@
+"""experiments/gpu_check.sh in its dry-run mode: every command of the accelerator check, tiny sizes, on the CPU."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+
+
+def test_gpu_check_dry_run(tmp_path):
+    env = {**os.environ, "GPU_CHECK_DRY": "1", "OUT": str(tmp_path), "PYTHON": sys.executable,
+           "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run(["bash", os.path.join(ROOT, "experiments", "gpu_check.sh")], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    dest = tmp_path / "gpu-check-dry"
+    rows = json.load(open(dest / "throughput-cpu.json"))["rows"]
+    assert {r["solver"] for r in rows} == {"gauss_newton", "hals"}
+    assert json.load(open(dest / "f32" / "throughput-cpu.json"))["rows"][0]["precision"] == 32
+    summary = json.load(open(dest / "gn-2" / "summary.json"))
+    assert summary["complete"] and summary["seeds"] == [0, 1] and summary["final"]["steps"] == [5, 5]
+    assert "2-seed flagship run, wall incl. compile and oracle" in done.stdout
+    # a second check into the same folder is refused, the first one's files kept
+    again = subprocess.run(["bash", os.path.join(ROOT, "experiments", "gpu_check.sh")], env=env, capture_output=True,
+                           text=True, timeout=60)
+    assert again.returncode == 2 and "exists" in again.stderr
+    assert json.load(open(dest / "gn-2" / "summary.json")) == summary

@@ -147,9 +147,10 @@ def forward(params: MLPParams, xp, xs, *, valid=None, train: bool = False):
     return pred, (tuple(new_stats) if train else None)
 
 
-def predict(params: MLPParams, problem: Problem):
-    """Dense (n, m) prediction in inference mode (running BatchNorm statistics)."""
-    del problem
+def predict(params: MLPParams, problem: Problem, which: str = "train"):
+    """Dense (n, m) prediction in inference mode (running BatchNorm statistics): an
+    entry array of the dense layout, for either mask (dense problems only)."""
+    del problem, which
     pred, _ = forward(params, params.prod[:, None, :], params.store[None, :, :])
     return pred
 

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import small_problem
+from tests.helpers import small_problem
 
 from lrfactor import cli, hessian, losses
 from lrfactor.factors import Factors, init_factors

@@ -138,6 +138,19 @@ def trust_update(F, F_new, pred, lam, nu):
     return ok, rho, jnp.where(ok, lam_ok, lam * nu), jnp.where(ok, 2.0, 2 * nu)
 
 
+def backtrack_accept(ok, F, F_new, F_b, pred_b):
+    """Whether to take the best backtracked fraction (objective F_b, model decrease pred_b)
+    after the full step (objective F_new) was rejected.
+
+    Not after a wild full step, a finite F_new ≥ WILD·F: the model says nothing
+    about that direction. A non-finite F_new (exp overflow, the commonest wild
+    step in log space) is backtracked. The fraction passes the gain test
+    against its own model decrease.
+    """
+    wild = jnp.isfinite(F_new) & (F_new >= WILD * F)
+    return ~ok & ~wild & (F - F_b > 1e-3 * pred_b) & (pred_b > 0)
+
+
 def converged(ok, F, F_new, g_inf, dnorm, theta, nu, ftol, gtol, xtol):
     """Stopping tests (the "termination" part), as Ceres' function/gradient/parameter tolerances.
 
@@ -289,11 +302,8 @@ def make_gauss_newton(
             # A rejected step still cost a linear solve; before giving it up,
             # try fractions of it (the objective along the direction is cheap
             # to evaluate). The lowest objective among the fractions BACKTRACK
-            # is taken if it passes the same gain test against the model's
-            # decrease at that fraction, unless the full step was wild (finite
-            # F more than WILD-fold: the model says nothing about that
-            # direction). A non-finite F (exp overflow) is backtracked. λ still
-            # grows, as on a rejection, but ν restarts: a step was taken.
+            # is taken if it passes :func:`backtrack_accept`. λ still grows, as
+            # on a rejection, but ν restarts: a step was taken.
             fracs = jnp.asarray(BACKTRACK, F_new.dtype)
 
             def at(t):  # the point a fraction t along the step
@@ -304,8 +314,7 @@ def make_gauss_newton(
             k = jnp.argmin(jnp.where(jnp.isfinite(F_t), F_t, jnp.inf))
             t, F_b = fracs[k], F_t[k]
             pred_b = -t * lin - 0.5 * t * t * quad
-            wild = jnp.isfinite(F_new) & (F_new >= WILD * state.F)
-            ok_b = ~ok & ~wild & (state.F - F_b > 1e-3 * pred_b) & (pred_b > 0)
+            ok_b = backtrack_accept(ok, state.F, F_new, F_b, pred_b)
             new_params = jax.tree.map(lambda u, v: jnp.where(ok_b, u, v), at(t), new_params)
             F_new = jnp.where(ok_b, F_b, F_new)
             dnorm = jnp.where(ok_b, t * dnorm, dnorm)

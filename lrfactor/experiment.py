@@ -1,7 +1,7 @@
 """A whole run: problems for every seed, references, the solver under the driver, saved files.
 
 ``prepare`` validates everything and builds the inputs (no solver computing);
-``execute`` runs and writes the CONTRACT.md output folder, checkpointing after
+``execute`` runs and writes the output folder (config.json, summary.json, factors.npz, history.npz, hessian.npz), checkpointing after
 every chunk; ``resume`` continues an interrupted run from its checkpoint.
 """
 
@@ -141,7 +141,7 @@ def truth_start(truth: Truth, rank: int) -> Factors:
 
 
 def oracle(prep: Prepared, iters: int = 20) -> dict:
-    """The oracle optimum (DESIGN.md §1): joint LM polished from the truncated true factors.
+    """The oracle optimum (docs/design.md): joint LM polished from the truncated true factors.
 
     Unpenalised MSE, always in float64 (a float32 run's data are cast up, so
     its blind starts are judged against the same well-polished point as a

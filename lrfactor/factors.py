@@ -41,7 +41,7 @@ def init_factors(key: jax.Array, problem, rank: int, scheme: str = "keras") -> F
 
     - ``keras``: A, B ~ U(-0.05, 0.05), Keras' default embedding init, as in the
       question. All components start almost equal: a saddle of the permutation
-      symmetry (DESIGN.md §2).
+      symmetry (docs/design.md).
     - ``scaled``: A, B ~ N(c, 1) with c chosen so that the mean prediction
       r·exp(2c + 1) matches the mean observed value. Breaks the symmetry and
       starts at the data's scale.

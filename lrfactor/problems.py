@@ -13,7 +13,7 @@ lrfactor/layout.py only):
   :func:`check_coo`), from a dense problem with :func:`to_coo`, or draw it with
   :func:`make_sparse_synthetic`.
 
-The synthetic recipe is the question's (``shared/seed``)::
+The synthetic recipe is the question's (a practitioner's question; docs/design.md)::
 
     weight = 10**linspace(0, -decay, true_rank)
     W = exp(randn(n, true_rank)) * weight;  H = exp(randn(m, true_rank)) * weight
@@ -86,7 +86,7 @@ class Truth(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class SyntheticConfig:
-    """The question's generator; the defaults reproduce ``shared/seed``."""
+    """The question's generator; the defaults reproduce the question's problem."""
 
     n: int = 1000  # rows (products)
     m: int = 100  # columns (stores)

@@ -1,6 +1,6 @@
 """The question's second model: concatenated embeddings → Dense/ELU/BatchNorm stack → exp.
 
-The model (``shared/seed``, the Keras code at its end), for an entry (i, j):
+The model (the Keras code at the end of the question), for an entry (i, j):
 
     x = [P_i ; S_j]                                   P (n, r), S (m, r) embeddings, l2 on both
     x ← BatchNorm(elu(x K_l + b_l))   for each hidden width d_l

@@ -1,7 +1,7 @@
 """Classical masked NMF baselines: HALS and Lee–Seung multiplicative updates.
 
 These are what a practitioner would reach for instead of a gradient-based fit
-(DESIGN.md §4). Both work on the non-negative factors W (n × r), H (m × r)
+(docs/design.md). Both work on the non-negative factors W (n × r), H (m × r)
 directly, floored at ε > 0 so that the log-factors ``A = log W``, ``B = log H``
 that every solver reports stay finite. M is the training mask; entries off M
 never enter an update (``jnp.where``, never a product with the mask, so even a

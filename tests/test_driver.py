@@ -156,7 +156,7 @@ def test_a_coordinate_list_run_equals_the_dense_run(solver, kw):
     for k in ("train_mse", "val_mse", "objective"):
         np.testing.assert_allclose(runs["coo"].history[k], runs["dense"].history[k], rtol=1e-10, err_msg=k)
     np.testing.assert_array_equal(runs["coo"].carry.t, runs["dense"].carry.t)
-    for k in refs["dense"]:  # the references too (the oracle by exact Schur on one, tight PCG on the other)
+    for k in refs["dense"]:  # the references too (the oracle of a small coordinate problem is polished densely)
         np.testing.assert_allclose(refs["coo"][k], refs["dense"][k], rtol=1e-8, err_msg=k)
 
 

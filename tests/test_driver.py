@@ -200,3 +200,20 @@ def test_layout_auto_follows_the_size_and_mlp_refuses_coordinates(monkeypatch):
         experiment.prepare(layout_config(solver="mlp", layout="coo", **COO_RUN))
     with pytest.raises(ProblemError, match="layout"):
         experiment.prepare(layout_config(solver="hals", layout="csr", **COO_RUN))
+
+
+def test_a_data_file_is_prepared_in_either_layout(tmp_path):
+    from lrfactor.problems import to_dense
+    from tests.helpers import small_problem
+
+    problem, _ = small_problem(seed=0, n=30, m=10, true_rank=4)
+    path = str(tmp_path / "d.npz")
+    np.savez(path, V=np.asarray(problem.V), train_mask=np.asarray(problem.train), val_mask=np.asarray(problem.val))
+    dense = experiment.prepare(layout_config(solver="hals", data=path, rank=3, layout="dense", seeds=2))
+    coo = experiment.prepare(layout_config(solver="hals", data=path, rank=3, layout="coo", seeds=2))
+    assert coo.problem_axis is None and layout.is_coo(coo.problem) and not layout.is_coo(dense.problem)
+    for a, b in zip(to_dense(coo.problem), dense.problem):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    solver, carry, _, _ = experiment.build(coo)
+    res = driver.run(solver, coo.problem, carry, steps=4, chunk=2, problem_axis=None, progress=False)
+    assert res.history["train_mse"].shape == (2, 5) and np.all(np.diff(res.history["objective"], axis=1) <= 1e-15)

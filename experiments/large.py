@@ -1,17 +1,23 @@
-"""Large problems: sparse Levenberg-Marquardt with a PCG Schur solve at scale (issue 6, item 3).
+"""Large problems: the Gauss-Newton run on coordinate lists, at growing sizes.
 
-The issue's figure is 100,000 rows × 10,000 columns, 1 % observed
+A thin wrapper over the ordinary run path: each size is
+``experiments/run.py --solver gauss_newton --layout coo --linear-solver schur_pcg``
+on the synthetic recipe (drawn entry by entry above the dense limit), run by
+``lrfactor.experiment.execute`` into ``OUT/n{n}_m{m}/`` with the usual files.
+This script only picks the sizes, gives each its own process (so peak RSS is
+that size's own) and a share of the time budget, and tabulates the runs.
+
+The full-size figure is 100,000 rows × 10,000 columns, 1 % observed
 (|Ω| ≈ 10⁷), model rank 16, true rank 20, decay 2, float64. Sizes are run
-smallest first (the rows scaled, the columns and the observed fraction
-kept, so every size has ~100 entries per row), each in its own process (so peak RSS is that size's own);
-a size whose run time, extrapolated linearly in |Ω| from the last one, does
-not fit in what is left of ``--budget`` seconds is skipped and recorded as
-such, so the table says exactly what ran.
+smallest first (the rows scaled, the columns and the observed fraction kept,
+so every size has ~100 entries per row); a size whose run time, extrapolated
+linearly in |Ω| from the last one, does not fit in what is left of
+``--budget`` seconds is skipped and recorded as such.
 
     python experiments/large.py                      # 5k, 10k, 30k, 100k rows × 10k columns
     python experiments/large.py --scales 1.0 --budget 3600
 
-Writes results/large/large.json (config, environment, one record per size).
+Writes OUT/large.json (config, environment, one record per size).
 """
 
 from __future__ import annotations
@@ -36,69 +42,73 @@ class LargeConfig:
     true_rank: int = 20  # rank of the generating factors
     decay: float = 2.0  # factor scales 10**linspace(0, -decay, true_rank)
     rank: int = 16  # model rank
-    iters: int = 20  # LM iterations
-    init: str = "scaled"  # blind start (lrfactor.sparse.init_factors)
+    iters: int = 20  # LM iterations (the run's --steps)
+    init: str = "scaled"  # blind start (lrfactor.factors.init_factors)
     lambda0: float = 1e-3  # initial λ relative to the mean diagonal of JᵀJ
     cg_iters: int = 50  # PCG iteration cap per LM step
     cg_tol: float = 1e-2  # PCG relative-residual stop (Ceres' eta)
-    chunk: int = 16384  # entries per chunk
-    val_fraction: float = 0.1  # held-out sample size relative to |Ω|
     seed: int = 0
-    scales: tuple = (0.05, 0.1, 0.3, 1.0)  # each size is round(s·n) rows × m columns: |Ω| ∝ s, 100 entries per row throughout
+    scales: tuple = (0.05, 0.1, 0.3, 1.0)  # each size is round(s·n) rows × m columns: |Ω| ∝ s
     budget: float = 840.0  # seconds for the whole script
     out: str = "results/large"
 
 
+def run_config(cfg: LargeConfig, n: int, m: int, out: str):
+    """The run configuration of one size: the command line's defaults but for these settings."""
+    from lrfactor.config import RunConfig, resolve
+
+    settings = dict(solver="gauss_newton", seeds=1, seed=cfg.seed, steps=cfg.iters, rank=cfg.rank, init=cfg.init,
+                    n=n, m=m, true_rank=cfg.true_rank, decay=cfg.decay, observed=cfg.observed,
+                    lambda0=cfg.lambda0, precision=64, ftol=0.0, gtol=0.0, xtol=0.0, restarts=0, out=out,
+                    layout="coo", linear_solver="schur_pcg", cg_iters=cfg.cg_iters, cg_tol=cfg.cg_tol)
+    base = RunConfig
+    if not {"layout", "linear_solver", "cg_iters", "cg_tol"} <= {f.name for f in dataclasses.fields(RunConfig)}:
+        # A run configuration without the layout settings yet: add them.
+        @dataclasses.dataclass(frozen=True)
+        class WithLayout(RunConfig):
+            layout: str = "auto"
+            linear_solver: str = "auto"
+            cg_iters: int = 100
+            cg_tol: float = 1e-2
+
+        base = WithLayout
+    return resolve(base(**settings))
+
+
 def run_one(cfg: LargeConfig, n: int, m: int) -> dict:
-    """Fit one size in this process and return its record."""
+    """Fit one size in this process through the ordinary run path and return its record."""
     import jax
 
     jax.config.update("jax_enable_x64", True)
-    import jax.numpy as jnp
+    import numpy as np
 
-    from lrfactor import sparse
-    from lrfactor.solvers.sparse_gauss_newton import make_sparse_gauss_newton
+    from lrfactor import experiment, layout, results
 
+    out = os.path.join(cfg.out, f"n{n}_m{m}")
+    rc = run_config(cfg, n, m, out)
     t0 = time.perf_counter()
-    n_val = int(round(cfg.val_fraction * cfg.observed * n * m))
-    problem, _ = sparse.make_sparse_synthetic(jax.random.PRNGKey(cfg.seed), n, m, cfg.true_rank, cfg.observed,
-                                              cfg.decay, n_val=n_val, dtype=jnp.float64, chunk=cfg.chunk)
-    jax.block_until_ready(problem)
+    prep = experiment.prepare(rc)
+    jax.block_until_ready(prep.problem)
     t_data = time.perf_counter() - t0
-    solver = make_sparse_gauss_newton(rank=cfg.rank, init=cfg.init, lambda0=cfg.lambda0, cg_iters=cfg.cg_iters, cg_tol=cfg.cg_tol,
-                                      chunk=cfg.chunk, ftol=0.0, gtol=0.0, xtol=0.0)
-    p0 = solver.init_params(jax.random.PRNGKey(cfg.seed + 1), problem)
-    t0 = time.perf_counter()
-    init = jax.jit(solver.init)
-    state = jax.block_until_ready(init(p0, problem))
-    t_init = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    # One LM iteration is seconds of work: a jitted step in a Python loop costs
-    # nothing measurable and gives a wall time and PCG count per iteration.
-    step = jax.jit(solver.step).lower(state, problem).compile()
-    t_compile = time.perf_counter() - t0
-    mse = jax.jit(lambda p, sp: (sparse.train_mse(p, sp, cfg.chunk), sparse.val_mse(p, sp, cfg.chunk)))
-    tr0, va0 = (float(x) for x in mse(state.params, problem))
-    hist = []
-    for _ in range(cfg.iters):
-        t0 = time.perf_counter()
-        state = jax.block_until_ready(step(state, problem))
-        hist.append({"seconds": time.perf_counter() - t0, "cg_iters": int(state.cg_iters),
-                     "cg_relres": float(state.cg_relres), "accepted": bool(state.accepted),
-                     "lam": float(state.lam), "train_mse": float(state.F) / (0.5 * problem.rows.shape[0])})
-    tr, va = (float(x) for x in mse(state.params, problem))
-    secs = [h["seconds"] for h in hist]
+    if os.path.exists(out) and os.listdir(out):
+        raise SystemExit(f"{out}: folder exists and is not empty")
+    summary = experiment.execute(rc, out, progress=False, prep=prep)
+    hist = results.read_npz(os.path.join(out, "history.npz"))
+    steps = int(summary["final"]["steps"][0])
+    cg = hist["cg_iters"][0, 1:steps + 1]
+    wall = float(summary["wall_s"])
     return {
-        "n": n, "m": m, "n_train": int(problem.rows.shape[0]), "n_val": int(problem.val_rows.shape[0]),
-        "data_seconds": t_data, "init_seconds": t_init, "compile_seconds": t_compile,
-        "seconds_per_iter": sum(secs) / len(secs), "seconds_per_iter_median": sorted(secs)[len(secs) // 2],
-        "cg_iters_total": sum(h["cg_iters"] for h in hist),
-        "cg_iters_mean": sum(h["cg_iters"] for h in hist) / len(hist),
-        "seconds_per_cg_iter": sum(secs) / max(1, sum(h["cg_iters"] for h in hist)),
-        "accepted": sum(h["accepted"] for h in hist),
-        "train_mse_init": tr0, "val_mse_init": va0, "train_mse": tr, "val_mse": va,
+        "n": n, "m": m, "out": out,
+        "n_train": int(np.asarray(layout.count(prep.problem))[0]),
+        "n_val": int(np.asarray(layout.count(prep.problem, "val"))[0]),
+        "data_seconds": t_data, "compile_seconds": float(summary["compile_s"]), "run_seconds": wall,
+        "seconds_per_iter": wall / max(1, steps), "steps": steps,
+        "cg_iters_total": int(cg.sum()), "cg_iters_mean": float(cg.mean()) if cg.size else 0.0,
+        "seconds_per_cg_iter": wall / max(1, int(cg.sum())),
+        "accepted": int(hist["accepted"][0, 1:steps + 1].sum()),
+        "train_mse_init": float(hist["train_mse"][0, 0]), "val_mse_init": float(hist["val_mse"][0, 0]),
+        "train_mse": float(summary["final"]["train_mse"][0]), "val_mse": float(summary["final"]["val_mse"][0]),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "history": hist,
     }
 
 
@@ -149,7 +159,8 @@ def main(argv=None) -> int:
             continue
         line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
         if proc.returncode != 0 or not line:
-            records.append({"n": n, "m": m, "skipped": "failed: " + proc.stderr.strip().splitlines()[-1][:300]})
+            err = (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]
+            records.append({"n": n, "m": m, "skipped": "failed: " + err})
             print(f"{n} x {m}: failed\n{proc.stderr[-2000:]}", flush=True)
             continue
         rec = json.loads(line[0][len("RESULT "):])
@@ -161,6 +172,7 @@ def main(argv=None) -> int:
               f"train {rec['train_mse']:.3g}, val {rec['val_mse']:.3g}", flush=True)
 
     ran = [r for r in records if "skipped" not in r]
+    scaling = {}
     if len(ran) >= 2:
         import numpy as np
 
@@ -174,8 +186,6 @@ def main(argv=None) -> int:
             "extrapolated_seconds_per_iter_full": float(t[-1] * (N_full / N[-1]) ** slope),
             "exponent_seconds_per_cg_iter_vs_n_train": float(np.polyfit(np.log(N), np.log(tc), 1)[0]),
         }
-    else:
-        scaling = {}
     out = {"config": dataclasses.asdict(cfg), "environment": environment(), "precision": "float64",
            "sizes": records, "scaling": scaling, "total_seconds": time.perf_counter() - start}
     write_json(os.path.join(cfg.out, "large.json"), out)

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from lrfactor.problems import Problem, masked_mse
+from lrfactor import layout
 from lrfactor.solvers.base import Solver
 
 
@@ -34,13 +34,12 @@ class Carry(NamedTuple):
     t: jax.Array  # () int32: steps taken (stops counting when done)
 
 
-def metrics(solver: Solver, state, problem: Problem) -> dict:
+def metrics(solver: Solver, state, problem) -> dict:
     """Per-step record: pure MSEs (no penalty), the training objective, extras, done."""
     params = state.params
-    pred = solver.predict(params, problem)
     rec = {
-        "train_mse": masked_mse(pred, problem.V, problem.train),
-        "val_mse": masked_mse(pred, problem.V, problem.val),
+        "train_mse": layout.masked_mse(problem, solver.predict(params, problem, "train"), "train"),
+        "val_mse": layout.masked_mse(problem, solver.predict(params, problem, "val"), "val"),
         "objective": solver.objective(params, problem),
         "done": state.done,
     }
@@ -52,7 +51,7 @@ def metrics(solver: Solver, state, problem: Problem) -> dict:
 def make_chunk(solver: Solver, steps: int, chunk: int, problem_axis: Optional[int]):
     """``jit(vmap(scan))`` advancing every seed by ``chunk`` steps (frozen once done)."""
 
-    def advance_one(carry: Carry, problem: Problem):
+    def advance_one(carry: Carry, problem):
         def body(carry: Carry, _):
             state, t = carry
             active = jnp.logical_not(state.done) & (t < steps)
@@ -98,7 +97,7 @@ class RunResult(NamedTuple):
 
 def run(
     solver: Solver,
-    problem: Problem,
+    problem,
     carry: Carry,
     *,
     steps: int,

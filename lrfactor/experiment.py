@@ -1,7 +1,7 @@
 """A whole run: problems for every seed, references, the solver under the driver, saved files.
 
 ``prepare`` validates everything and builds the inputs (no solver computing);
-``execute`` runs and writes the CONTRACT.md output folder, checkpointing after
+``execute`` runs and writes the output folder (config.json, summary.json, factors.npz, history.npz, hessian.npz), checkpointing after
 every chunk; ``resume`` continues an interrupted run from its checkpoint.
 """
 
@@ -17,18 +17,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from lrfactor import config as config_mod
-from lrfactor import driver, results
+from lrfactor import driver, layout, losses, results
 from lrfactor.config import RunConfig
 from lrfactor.factors import Factors, from_nonneg
-from lrfactor.problems import (Problem, ProblemError, SyntheticConfig, Truth, check_problem, load_npz,
-                               make_synthetic, masked_mse, reference_scores)
+from lrfactor.problems import (CooProblem, Problem, ProblemError, SyntheticConfig, Truth, check_coo, check_problem,
+                               load_npz, make_sparse_synthetic, make_synthetic, reference_scores, stack_coo, to_coo,
+                               to_dense)
 from lrfactor.solvers import make_solver
 
 
 class Prepared(NamedTuple):
     cfg: RunConfig
     seeds: list
-    problem: Problem  # seed axis first when problem_axis == 0
+    problem: Any  # Problem or CooProblem (lrfactor/problems.py); seed axis first when problem_axis == 0
     problem_axis: Optional[int]
     truth: Optional[Truth]
     keys: jax.Array  # (S, 2) per-seed base keys
@@ -49,6 +50,15 @@ def prepare(cfg: RunConfig, seeds=None) -> Prepared:
     ``seeds``: an explicit list of seeds (not necessarily consecutive) instead
     of ``cfg.seed … cfg.seed + cfg.seeds − 1``; each draws exactly what
     ``run.py --seed S`` draws.
+
+    The problem comes in the layout ``cfg.layout`` (lrfactor/layout.py):
+    ``dense`` masks, ``coo`` coordinate lists, or ``auto``: dense while n·m ≤
+    ``layout.DENSE_MAX_ENTRIES``, coordinate lists above. The layout is a
+    representation, not a different problem: a synthetic problem of up to
+    DENSE_MAX_ENTRIES entries is drawn by the dense recipe and converted, so
+    a seed draws the same data on both layouts; above it the coordinate
+    generator draws it (:func:`lrfactor.problems.make_sparse_synthetic`, a
+    different draw of the same recipe).
     """
     seeds = list(range(cfg.seed, cfg.seed + cfg.seeds)) if seeds is None else list(seeds)
     # The seed axis is sharded over all local devices: pad it to a multiple of
@@ -56,21 +66,48 @@ def prepare(cfg: RunConfig, seeds=None) -> Prepared:
     pad = (-len(seeds)) % jax.local_device_count()
     keys = seed_keys(seeds + seeds[-1:] * pad)
     dtype = jnp.float64 if cfg.precision == 64 else jnp.float32
+    setting = getattr(cfg, "layout", "auto")
     if cfg.data:
         problem, truth = load_npz(cfg.data, cfg.rank)
-        problem = Problem(jnp.asarray(problem.V, dtype), jnp.asarray(problem.train), jnp.asarray(problem.val))
+        kind = _layout(cfg, setting, *layout.shape(problem))
+        if kind == "coo" and not isinstance(problem, CooProblem):
+            problem = to_coo(problem)
+        elif kind == "dense" and isinstance(problem, CooProblem):
+            problem = to_dense(problem)
+        problem = jax.tree.map(lambda x: jnp.asarray(x, dtype) if np.issubdtype(np.asarray(x).dtype, np.floating)
+                               else jnp.asarray(x), problem)
         if truth is not None:
             truth = Truth(jnp.asarray(truth.W, dtype), jnp.asarray(truth.H, dtype))
         return Prepared(cfg, seeds, problem, None, truth, keys)
     sc = synthetic_config(cfg)
     if cfg.rank > min(sc.n, sc.m):
         raise ProblemError(f"rank {cfg.rank} must be between 1 and min(n, m) = {min(sc.n, sc.m)}")
+    kind = _layout(cfg, setting, sc.n, sc.m)
     data_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)
-    problem, truth = jax.jit(jax.vmap(lambda k: make_synthetic(k, sc, dtype)))(data_keys)
-    train = np.asarray(problem.train)
-    for s, tr in zip(seeds, train[: len(seeds)]):  # empty rows or columns in a drawn training mask
-        check_problem(np.zeros(tr.shape), tr, None, cfg.rank, name=f"synthetic seed {s}")
+    if kind == "dense" or sc.n * sc.m <= layout.DENSE_MAX_ENTRIES:
+        problem, truth = jax.jit(jax.vmap(lambda k: make_synthetic(k, sc, dtype)))(data_keys)
+        train = np.asarray(problem.train)
+        for s, tr in zip(seeds, train[: len(seeds)]):  # empty rows or columns in a drawn training mask
+            check_problem(np.zeros(tr.shape), tr, None, cfg.rank, name=f"synthetic seed {s}")
+        if kind == "coo":
+            problem = stack_coo([to_coo(jax.tree.map(lambda x: x[k], problem)) for k in range(len(keys))])
+        return Prepared(cfg, seeds, problem, 0, truth, keys)
+    drawn = [make_sparse_synthetic(k, sc, dtype) for k in data_keys]
+    for s, (p, _) in zip(seeds, drawn):
+        check_coo(p.rows, p.cols, p.vals, None, None, None, (sc.n, sc.m), cfg.rank, name=f"synthetic seed {s}")
+    problem = stack_coo([p for p, _ in drawn])
+    truth = jax.tree.map(lambda *x: jnp.stack(x), *[t for _, t in drawn])
     return Prepared(cfg, seeds, problem, 0, truth, keys)
+
+
+def _layout(cfg, setting: str, n: int, m: int) -> str:
+    try:
+        kind = layout.resolve_layout(setting, n, m)
+    except ValueError as e:
+        raise ProblemError(str(e)) from None
+    if kind == "coo" and cfg.solver == "mlp":
+        raise ProblemError(f"the mlp solver needs the dense layout (n x m = {n} x {m} resolves to coordinate lists)")
+    return kind
 
 
 def _per_seed(x, S):
@@ -104,13 +141,25 @@ def truth_start(truth: Truth, rank: int) -> Factors:
 
 
 def oracle(prep: Prepared, iters: int = 20) -> dict:
-    """The oracle optimum (DESIGN.md §1): joint LM polished from the truncated true factors.
+    """The oracle optimum (docs/design.md): joint LM polished from the truncated true factors.
 
     Unpenalised MSE, always in float64 (a float32 run's data are cast up, so
     its blind starts are judged against the same well-polished point as a
     float64 run's). A reference point to judge blind starts by, not the global
-    optimum.
+    optimum. Coordinate lists larger than the dense limit are polished by
+    PCG to a relative residual of 1e-6 (tight solves would cost minutes there).
     """
+    problem = prep.problem
+    if layout.is_coo(problem) and problem.n * problem.m <= layout.DENSE_MAX_ENTRIES:
+        # Small enough for dense masks: polish on the dense form, by the same
+        # exact solves as a dense run, so the reference does not depend on the
+        # layout (and costs no CG iterations).
+        if prep.problem_axis == 0:
+            dense = [to_dense(jax.tree.map(lambda x: x[k], problem)) for k in range(problem.rows.shape[0])]
+            problem = jax.tree.map(lambda *x: np.stack(x), *dense)
+        else:
+            problem = to_dense(problem)
+        prep = prep._replace(problem=problem)
     with jax.enable_x64(True):
         f64 = lambda tree: jax.tree.map(lambda x: jnp.asarray(x, jnp.float64) if jnp.issubdtype(x.dtype, jnp.floating)
                                         else x, tree)
@@ -120,7 +169,10 @@ def oracle(prep: Prepared, iters: int = 20) -> dict:
 def _oracle(prep: Prepared, iters: int) -> dict:
     from lrfactor.solvers.gauss_newton import make_gauss_newton
 
-    solver = make_gauss_newton(loss="frobenius", l2=0.0, rank=prep.cfg.rank, method="joint", lambda0=1e-6)
+    # Plain LM from a good start, float64, no backtracking or restarts.
+    solver = make_gauss_newton(loss="frobenius", l2=0.0, rank=prep.cfg.rank, method="joint", damping="levenberg",
+                               lambda0=1e-6, ftol=1e-10, gtol=1e-12, xtol=1e-10, schur_precision="full",
+                               max_step=0.0, backtrack=False, restarts=0, cg_iters=250, cg_tol=1e-6)
     ax = prep.problem_axis
     start = jax.vmap(lambda t: truth_start(t, prep.cfg.rank))(prep.truth) if ax == 0 else truth_start(prep.truth, prep.cfg.rank)
 
@@ -132,8 +184,7 @@ def _oracle(prep: Prepared, iters: int) -> dict:
             return jax.tree.map(lambda a, b: jnp.where(s.done, b, a), new, s), None
 
         state, _ = jax.lax.scan(body, state, None, length=iters)
-        pred = solver.predict(state.params, problem)
-        return masked_mse(pred, problem.V, problem.train), masked_mse(pred, problem.V, problem.val)
+        return losses.train_mse(state.params, problem), losses.val_mse(state.params, problem)
 
     S = len(prep.seeds)
     if ax == 0:
@@ -146,9 +197,9 @@ def _oracle(prep: Prepared, iters: int) -> dict:
 def build(prep: Prepared):
     """The solver, the initial driver carry and the tracer for a prepared run."""
     cfg = prep.cfg
-    train = np.asarray(prep.problem.train)
-    n_train_max = int(train.reshape(-1, train.shape[-2] * train.shape[-1]).sum(axis=1).max())
-    solver = make_solver(cfg, {"n_train_max": n_train_max})
+    n_train_max = int(np.max(np.asarray(layout.count(prep.problem))))
+    kind = "coo" if layout.is_coo(prep.problem) else "dense"
+    solver = make_solver(cfg, {"n_train_max": n_train_max, "layout": kind})
     ax = prep.problem_axis
     init_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(prep.keys)
     step_keys = jax.vmap(lambda k: jax.random.fold_in(k, 2))(prep.keys)
@@ -217,7 +268,7 @@ def _write_outputs(out: str, prep: Prepared, solver, carry, history, traces, ref
         results.write_npz(os.path.join(out, "factors.npz"), W=np.exp(params.A)[:S], H=np.exp(params.B)[:S])
     else:
         ax = prep.problem_axis
-        pred = jax.vmap(solver.predict, in_axes=(0, ax))(carry.state.params, prep.problem)
+        pred = jax.vmap(lambda p, q: solver.predict(p, q), in_axes=(0, ax))(carry.state.params, prep.problem)
         results.write_npz(os.path.join(out, "predictions.npz"), P=np.asarray(pred)[:S])
     if traces:
         steps = np.asarray([s for s, _ in traces])

@@ -7,7 +7,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from lrfactor.problems import Problem
+from lrfactor import layout
 
 
 class Factors(NamedTuple):
@@ -23,7 +23,7 @@ def nonneg(p: Factors) -> tuple[jax.Array, jax.Array]:
 
 
 def predict(p: Factors) -> jax.Array:
-    """Dense prediction W Hᵀ, shape (n, m)."""
+    """Dense prediction W Hᵀ, shape (n, m) (small problems; see lrfactor.layout.predictions)."""
     W, H = nonneg(p)
     return W @ jnp.swapaxes(H, -1, -2)
 
@@ -36,24 +36,25 @@ def from_nonneg(W, H, floor: float = 1e-30) -> Factors:
 INITS = ("keras", "scaled")
 
 
-def init_factors(key: jax.Array, problem: Problem, rank: int, scheme: str = "keras") -> Factors:
-    """Initial log-factors for one problem (no seed axis).
+def init_factors(key: jax.Array, problem, rank: int, scheme: str = "keras") -> Factors:
+    """Initial log-factors for one problem (no seed axis), on either layout (the same draws).
 
     - ``keras``: A, B ~ U(-0.05, 0.05), Keras' default embedding init, as in the
       question. All components start almost equal: a saddle of the permutation
-      symmetry (DESIGN.md §2).
+      symmetry (docs/design.md).
     - ``scaled``: A, B ~ N(c, 1) with c chosen so that the mean prediction
       r·exp(2c + 1) matches the mean observed value. Breaks the symmetry and
       starts at the data's scale.
     """
-    n, m = problem.V.shape
-    dtype = problem.V.dtype
+    n, m = layout.shape(problem)
+    dtype = layout.dtype(problem)
     ka, kb = jax.random.split(key)
     if scheme == "keras":
         A = jax.random.uniform(ka, (n, rank), dtype, -0.05, 0.05)
         B = jax.random.uniform(kb, (m, rank), dtype, -0.05, 0.05)
     elif scheme == "scaled":
-        mean = jnp.sum(jnp.where(problem.train, problem.V, 0.0)) / jnp.sum(problem.train)
+        M = layout.mask(problem)
+        mean = jnp.sum(jnp.where(M, layout.values(problem), 0.0)) / jnp.sum(M)
         c = 0.5 * (jnp.log(jnp.maximum(mean, 1e-12) / rank) - 1.0)
         A = c + jax.random.normal(ka, (n, rank), dtype)
         B = c + jax.random.normal(kb, (m, rank), dtype)

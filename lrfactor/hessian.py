@@ -8,11 +8,11 @@ through Hessian-vector products, forward-over-reverse (Pearlmutter 1994)::
 
 For the factor model f = mean_Ω (Σ_k exp(A_ik + B_jk) − V_ij)² + l2·‖x‖² the
 Hessian splits as H = G + Σ_Ω (2/|Ω|) r_ij ∇²r_ij, with the Gauss-Newton part
-G = (2/|Ω|) JᵀJ + 2·l2·I (DESIGN.md §3). Each ∇²r_ij is positive semidefinite
+G = (2/|Ω|) JᵀJ + 2·l2·I (docs/design.md). Each ∇²r_ij is positive semidefinite
 (exp of a sum), so negative curvature comes only from entries the model
 under-predicts (r_ij < 0); G drops it.
 
-What is measured (DESIGN.md §3; Ghorbani, Krishnan & Xiao 2019, "An
+What is measured (docs/design.md; Ghorbani, Krishnan & Xiao 2019, "An
 investigation into neural net optimization via Hessian eigenvalue density";
 Yao et al. 2020, PyHessian; Dauphin et al. 2014 for the index):
 
@@ -149,27 +149,24 @@ def gnvp(predict: Callable, data_loss: Callable, params, problem, v, penalty: Op
 
 
 def factor_gnvp(params: Factors, problem, v: Factors, loss: str = "frobenius", l2: float = 0.0) -> Factors:
-    """Gauss-Newton product of the factor model's training objective.
+    """Gauss-Newton product of the factor model's training objective, on either problem layout.
 
     Frobenius: G = (2/|Ω|) JᵀJ + 2·l2·I with J = ∂r/∂(A, B), r = (WHᵀ − V) on Ω,
-    the matrix the structured solver factorizes (DESIGN.md §2). KL: Fisher
+    the matrix the structured solver factorizes (docs/design.md). KL: Fisher
     scoring weights, G = (1/|Ω|) Jᵀ diag(V/μ²) J + 2·l2·I (the exact loss
     Hessian in μ; its expectation under the Poisson model is diag(1/μ)).
     """
-    from lrfactor import losses
-    from lrfactor.factors import predict as fpredict
-    from lrfactor.problems import masked_mse
+    from lrfactor import layout, losses
 
-    def model(p, _):
-        return fpredict(p)
+    def model(p, prob):
+        return layout.predictions(prob, p)
 
-    if loss == "frobenius":
-        def data(pred, prob):
-            return masked_mse(pred, prob.V, prob.train)
-    elif loss == "kl":
-        data = losses.kl_divergence
-    else:
+    if loss not in losses.LOSSES:
         raise ValueError(f"unknown loss {loss!r}")
+
+    def data(pred, prob):
+        return losses.data_loss(pred, prob, loss)
+
     penalty = (lambda p: l2 * losses.l2_penalty(p)) if l2 else None
     return gnvp(model, data, params, problem, v, penalty)
 

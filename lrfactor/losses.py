@@ -1,37 +1,38 @@
-"""Pure losses of (params, problem). Data always comes in as an argument."""
+"""Pure losses of (params, problem), on either layout. Data always comes in as an argument."""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
-from lrfactor.factors import Factors, predict
-from lrfactor.problems import Problem, masked_mse
+from lrfactor import layout
+from lrfactor.factors import Factors
 
 LOSSES = ("frobenius", "kl")
 
 
-def residuals(p: Factors, problem: Problem) -> jax.Array:
-    """r_ij = (W Hᵀ − V)_ij on the training mask, 0 elsewhere; shape (n, m)."""
-    return jnp.where(problem.train, predict(p) - problem.V, 0.0)
+def residuals(p: Factors, problem) -> jax.Array:
+    """r = W Hᵀ − V on the training entries, 0 elsewhere (an entry array)."""
+    return jnp.where(layout.mask(problem), layout.predictions(problem, p) - layout.values(problem), 0.0)
 
 
-def train_mse(p: Factors, problem: Problem) -> jax.Array:
-    return masked_mse(predict(p), problem.V, problem.train)
+def train_mse(p: Factors, problem) -> jax.Array:
+    return layout.masked_mse(problem, layout.predictions(problem, p, "train"), "train")
 
 
-def val_mse(p: Factors, problem: Problem) -> jax.Array:
-    return masked_mse(predict(p), problem.V, problem.val)
+def val_mse(p: Factors, problem) -> jax.Array:
+    return layout.masked_mse(problem, layout.predictions(problem, p, "val"), "val")
 
 
-def kl_divergence(pred: jax.Array, problem: Problem) -> jax.Array:
-    """Mean generalized KL (half the Poisson deviance) over the training mask:
-    mean_Ω [V log(V/μ) − V + μ], with 0·log 0 = 0."""
-    V = problem.V
+def kl_divergence(pred: jax.Array, problem) -> jax.Array:
+    """Mean generalized KL (half the Poisson deviance) over the training entries:
+    mean_Ω [V log(V/μ) − V + μ], with 0·log 0 = 0. ``pred`` is an entry array."""
+    V, M = layout.values(problem), layout.mask(problem)
     safe_v = jnp.where(V > 0, V, 1.0)
-    mu = jnp.where(problem.train, pred, 1.0)
+    mu = jnp.where(M, pred, 1.0)
     term = jnp.where(V > 0, V * (jnp.log(safe_v) - jnp.log(mu)), 0.0) - V + mu
-    return jnp.sum(jnp.where(problem.train, term, 0.0), axis=(-2, -1)) / jnp.sum(problem.train, axis=(-2, -1))
+    ax = -1 if layout.is_coo(problem) else (-2, -1)
+    return jnp.sum(jnp.where(M, term, 0.0), axis=ax) / jnp.sum(M, axis=ax)
 
 
 def l2_penalty(p: Factors) -> jax.Array:
@@ -39,13 +40,15 @@ def l2_penalty(p: Factors) -> jax.Array:
     return jnp.sum(p.A**2) + jnp.sum(p.B**2)
 
 
-def objective(p: Factors, problem: Problem, loss: str = "frobenius", l2: float = 0.0) -> jax.Array:
-    """The training objective: mean loss over the training entries + l2·(ΣA² + ΣB²)."""
-    pred = predict(p)
+def data_loss(pred: jax.Array, problem, loss: str = "frobenius") -> jax.Array:
+    """Mean loss over the training entries of the prediction entry array ``pred``."""
     if loss == "frobenius":
-        data = masked_mse(pred, problem.V, problem.train)
-    elif loss == "kl":
-        data = kl_divergence(pred, problem)
-    else:
-        raise ValueError(f"unknown loss {loss!r}; known: {', '.join(LOSSES)}")
-    return data + l2 * l2_penalty(p)
+        return layout.masked_mse(problem, pred)
+    if loss == "kl":
+        return kl_divergence(pred, problem)
+    raise ValueError(f"unknown loss {loss!r}; known: {', '.join(LOSSES)}")
+
+
+def objective(p: Factors, problem, loss: str = "frobenius", l2: float = 0.0) -> jax.Array:
+    """The training objective: mean loss over the training entries + l2·(ΣA² + ΣB²)."""
+    return data_loss(layout.predictions(problem, p), problem, loss) + l2 * l2_penalty(p)

@@ -1,6 +1,19 @@
-"""Problems: a partially observed non-negative matrix, its masks and its truth.
+"""Problems: a partially observed non-negative matrix, its observed entries and its truth.
 
-The synthetic recipe is the question's (``shared/seed``)::
+Two layouts of the same problem (the solvers see them through
+lrfactor/layout.py only):
+
+- :class:`Problem`: dense masks. V (n × m) with a training and a held-out
+  mask; every per-entry quantity is an (n, m) array, zero off the mask. The
+  fastest form while n·m fits in memory.
+- :class:`CooProblem`: coordinate lists. The training entries as three parallel
+  arrays (rows, cols, vals) and the held-out entries likewise, plus the shape.
+  Memory grows with the number of observed entries, never with n·m. Build it
+  from host arrays with :func:`from_coo` (validate them first with
+  :func:`check_coo`), from a dense problem with :func:`to_coo`, or draw it with
+  :func:`make_sparse_synthetic`.
+
+The synthetic recipe is the question's (a practitioner's question; docs/design.md)::
 
     weight = 10**linspace(0, -decay, true_rank)
     W = exp(randn(n, true_rank)) * weight;  H = exp(randn(m, true_rank)) * weight
@@ -13,6 +26,7 @@ drawn inside one vmapped program.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import NamedTuple, Optional
 
 import jax
@@ -28,6 +42,41 @@ class Problem(NamedTuple):
     val: jax.Array  # (n, m) bool: held-out entries, scored and never fitted
 
 
+DEFAULT_CHUNK = 16384  # entries per chunk of a coordinate-list sweep (see lrfactor/layout.py)
+
+
+@functools.partial(jax.tree_util.register_dataclass,
+                   data_fields=["rows", "cols", "vals", "val_rows", "val_cols", "val_vals"],
+                   meta_fields=["n", "m", "chunk"])
+@dataclasses.dataclass(frozen=True)
+class CooProblem:
+    """A matrix seen on a coordinate list of training entries and one of held-out entries.
+
+    Arrays may carry a leading seed axis. Entries are sorted row-major. An
+    entry with row ``n`` (and column ``m``) is padding, which lets problems of
+    several seeds with different entry counts stack into one batch: it is
+    outside every mask, gathers clip it and scatter-adds drop it. The shape and
+    the chunk size are static (pytree metadata), so they fix compiled shapes.
+    """
+
+    rows: jax.Array  # (N,) int32 row index of each training entry; n marks padding
+    cols: jax.Array  # (N,) int32 column index; m on padding
+    vals: jax.Array  # (N,) float V_ij; 0 on padding
+    val_rows: jax.Array  # (N_val,) int32 held-out entries, disjoint from the training ones
+    val_cols: jax.Array  # (N_val,) int32
+    val_vals: jax.Array  # (N_val,) float
+    n: int  # rows of the matrix
+    m: int  # columns of the matrix
+    chunk: int = DEFAULT_CHUNK  # entries processed at a time
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.n, self.m
+
+    def _replace(self, **kw) -> "CooProblem":
+        return dataclasses.replace(self, **kw)
+
+
 class Truth(NamedTuple):
     """Generating factors, when known (synthetic data or W_true/H_true in a file)."""
 
@@ -37,7 +86,7 @@ class Truth(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class SyntheticConfig:
-    """The question's generator; the defaults reproduce ``shared/seed``."""
+    """The question's generator; the defaults reproduce the question's problem."""
 
     n: int = 1000  # rows (products)
     m: int = 100  # columns (stores)
@@ -99,8 +148,15 @@ def check_problem(V, train, val, rank: int, name: str = "data") -> None:
         raise ProblemError(f"{name}: rank {rank} must be between 1 and min(n, m) = {min(V.shape)}")
 
 
-def load_npz(path: str, rank: int) -> tuple[Problem, Optional[Truth]]:
-    """Load and validate ``--data FILE.npz`` (keys in CONTRACT.md). Raises ProblemError."""
+def load_npz(path: str, rank: int):
+    """Load and validate ``--data FILE.npz``. Raises ProblemError.
+
+    Dense form: ``V`` (n, m), ``train_mask``, optional ``val_mask``: returns a
+    :class:`Problem`. Coordinate form: ``rows``, ``cols``, ``vals``, ``shape``
+    (n, m), optional ``split`` (0 train, 1 held out): returns a
+    :class:`CooProblem`. Either may hold ``W_true``, ``H_true``. Returns
+    (problem, truth or None) with float64 values.
+    """
     try:
         with np.load(path, allow_pickle=False) as f:
             data = {k: f[k] for k in f.files}
@@ -108,38 +164,245 @@ def load_npz(path: str, rank: int) -> tuple[Problem, Optional[Truth]]:
         raise ProblemError(f"{path}: no such file") from None
     except Exception as e:  # zip/format errors: name the file, not the traceback
         raise ProblemError(f"{path}: not a readable .npz file ({type(e).__name__})") from None
-    for key in ("V", "train_mask"):
-        if key not in data:
-            raise ProblemError(f"{path}: missing key '{key}' (found {sorted(data)})")
-    V, train = data["V"], data["train_mask"]
-    val = data.get("val_mask")
-    check_problem(V, train, val, rank, name=path)
-    seen = train | val if val is not None else train
-    V = np.where(seen, V, 0.0).astype(np.float64)
-    if val is None:
-        val = np.zeros_like(train)
+    if "V" not in data and "rows" in data:
+        problem = _load_coo(path, data, rank)
+        n, m = problem.shape
+    else:
+        for key in ("V", "train_mask"):
+            if key not in data:
+                raise ProblemError(f"{path}: missing key '{key}' (found {sorted(data)}; a coordinate list needs "
+                                   f"rows, cols, vals, shape)")
+        V, train = data["V"], data["train_mask"]
+        val = data.get("val_mask")
+        check_problem(V, train, val, rank, name=path)
+        seen = train | val if val is not None else train
+        V = np.where(seen, V, 0.0).astype(np.float64)
+        if val is None:
+            val = np.zeros_like(train)
+        problem = Problem(V=V, train=train, val=val)
+        n, m = V.shape
     truth = None
     if "W_true" in data or "H_true" in data:
         if "W_true" not in data or "H_true" not in data:
             raise ProblemError(f"{path}: W_true and H_true must be given together")
         Wt, Ht = np.asarray(data["W_true"], float), np.asarray(data["H_true"], float)
-        if Wt.ndim != 2 or Ht.ndim != 2 or Wt.shape[0] != V.shape[0] or Ht.shape[0] != V.shape[1] or Wt.shape[1] != Ht.shape[1]:
-            raise ProblemError(f"{path}: W_true {Wt.shape} and H_true {Ht.shape} do not fit V {V.shape}")
+        if Wt.ndim != 2 or Ht.ndim != 2 or Wt.shape[0] != n or Ht.shape[0] != m or Wt.shape[1] != Ht.shape[1]:
+            raise ProblemError(f"{path}: W_true {Wt.shape} and H_true {Ht.shape} do not fit the matrix {(n, m)}")
         truth = Truth(W=Wt, H=Ht)
-    return Problem(V=V, train=train, val=val), truth
+    return problem, truth
 
 
-def masked_mse(pred, V, mask):
-    """Mean of (pred - V)² over ``mask``; NaN for an empty mask. Safe when pred is inf off-mask."""
+def _load_coo(path: str, data: dict, rank: int) -> "CooProblem":
+    for key in ("rows", "cols", "vals", "shape"):
+        if key not in data:
+            raise ProblemError(f"{path}: missing key '{key}' of a coordinate list (found {sorted(data)})")
+    rows, cols, vals = (np.asarray(data[k]).ravel() for k in ("rows", "cols", "vals"))
+    shape = np.asarray(data["shape"]).ravel()
+    if shape.size != 2:
+        raise ProblemError(f"{path}: shape must hold (n, m), got {shape.tolist()}")
+    if not (rows.shape == cols.shape == vals.shape):
+        raise ProblemError(f"{path}: rows, cols and vals differ in length ({rows.size}, {cols.size}, {vals.size})")
+    split = np.asarray(data["split"]).ravel() if "split" in data else np.zeros(rows.size, np.int64)
+    if split.shape != rows.shape or not np.isin(split, (0, 1)).all():
+        raise ProblemError(f"{path}: split must hold 0 (train) or 1 (held out) for every entry")
+    tr, va = split == 0, split == 1
+    check_coo(rows[tr], cols[tr], vals[tr], rows[va], cols[va], vals[va], shape, rank, name=path)
+    return from_coo(rows[tr], cols[tr], vals[tr].astype(np.float64), rows[va], cols[va], vals[va].astype(np.float64),
+                    tuple(int(x) for x in shape), dtype=np.float64)
+
+
+# ----------------------------------------------------------------------------- coordinate lists
+
+
+def from_coo(rows, cols, vals, val_rows=None, val_cols=None, val_vals=None, shape=None, *,
+             chunk: int = DEFAULT_CHUNK, dtype=None) -> CooProblem:
+    """A :class:`CooProblem` from host arrays (one seed): the public constructor.
+
+    ``rows``, ``cols``, ``vals``: the training entries (i, j, V_ij); ``val_*``:
+    the held-out entries (omit them for none); ``shape``: (n, m). Entries are
+    sorted row-major here; nothing is validated (call :func:`check_coo` first
+    on untrusted data: duplicates, out-of-range indices, NaN, empty rows).
+    ``dtype`` is the float type of the values (default: JAX's default float).
+    """
+    if shape is None:
+        raise ValueError("from_coo needs the matrix shape (n, m)")
+    n, m = (int(x) for x in shape)
+    dtype = dtype or jnp.zeros(()).dtype
+    rows, cols = np.asarray(rows, np.int64).ravel(), np.asarray(cols, np.int64).ravel()
+    if val_rows is None:
+        val_rows, val_cols, val_vals = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+    vrows, vcols = np.asarray(val_rows, np.int64).ravel(), np.asarray(val_cols, np.int64).ravel()
+    order = np.argsort(rows * m + cols, kind="stable")
+    vorder = np.argsort(vrows * m + vcols, kind="stable")
+    return CooProblem(
+        rows=jnp.asarray(rows[order], jnp.int32), cols=jnp.asarray(cols[order], jnp.int32),
+        vals=jnp.asarray(np.asarray(vals).ravel()[order], dtype),
+        val_rows=jnp.asarray(vrows[vorder], jnp.int32), val_cols=jnp.asarray(vcols[vorder], jnp.int32),
+        val_vals=jnp.asarray(np.asarray(val_vals).ravel()[vorder], dtype),
+        n=n, m=m, chunk=int(chunk),
+    )
+
+
+def to_coo(problem: Problem, chunk: int = DEFAULT_CHUNK) -> CooProblem:
+    """The coordinate form of a dense-mask problem (one seed, host side); same dtype."""
+    V, train, val = (np.asarray(x) for x in (problem.V, problem.train, problem.val))
+    ti, tj = np.nonzero(train)
+    vi, vj = np.nonzero(val)
+    return from_coo(ti, tj, V[ti, tj], vi, vj, V[vi, vj], V.shape, chunk=chunk, dtype=problem.V.dtype)
+
+
+def to_dense(problem: CooProblem) -> Problem:
+    """The dense-mask form of a coordinate-list problem (one seed, host side)."""
+    n, m = problem.n, problem.m
+    V = np.zeros((n, m), np.asarray(problem.vals).dtype)
+    train, val = np.zeros((n, m), bool), np.zeros((n, m), bool)
+    for r, c, v, mk in ((problem.rows, problem.cols, problem.vals, train),
+                        (problem.val_rows, problem.val_cols, problem.val_vals, val)):
+        r, c, v = np.asarray(r), np.asarray(c), np.asarray(v)
+        keep = r < n  # not padding
+        V[r[keep], c[keep]] = v[keep]
+        mk[r[keep], c[keep]] = True
+    return Problem(V=V, train=train, val=val)
+
+
+def stack_coo(problems: list) -> CooProblem:
+    """Problems of several seeds (same shape and chunk) as one batch, seed axis first.
+
+    Each entry list is padded to the longest with padding entries (row n,
+    column m, value 0; see :class:`CooProblem`), which sort after every real
+    entry, so each seed keeps its own row-major order.
+    """
+    n, m, chunk = problems[0].n, problems[0].m, problems[0].chunk
+    if any((p.n, p.m, p.chunk) != (n, m, chunk) for p in problems):
+        raise ValueError("stack_coo: the problems differ in shape or chunk size")
+
+    def pad(arrs, fill):
+        size = max(a.shape[0] for a in arrs)
+        return jnp.stack([jnp.pad(a, (0, size - a.shape[0]), constant_values=fill) for a in arrs])
+
+    return CooProblem(
+        rows=pad([p.rows for p in problems], n), cols=pad([p.cols for p in problems], m),
+        vals=pad([p.vals for p in problems], 0), val_rows=pad([p.val_rows for p in problems], n),
+        val_cols=pad([p.val_cols for p in problems], m), val_vals=pad([p.val_vals for p in problems], 0),
+        n=n, m=m, chunk=chunk,
+    )
+
+
+def check_coo(rows, cols, vals, val_rows, val_cols, val_vals, shape, rank: int, name: str = "data") -> None:
+    """Validate coordinate lists on the host (no seed axis). Raises ProblemError, one line.
+
+    Indices integral and in range, values finite and non-negative, no
+    duplicate (row, column) pair within or across the two lists, no empty row
+    or column among the training entries, 1 ≤ rank ≤ min(n, m).
+    """
+    try:
+        n, m = (int(x) for x in shape)
+    except (TypeError, ValueError):
+        raise ProblemError(f"{name}: shape must be two integers (n, m), got {shape!r}") from None
+    if n < 1 or m < 1:
+        raise ProblemError(f"{name}: shape {(n, m)} must be positive")
+    lists = {"training": (rows, cols, vals)}
+    if val_rows is not None:
+        lists["held-out"] = (val_rows, val_cols, val_vals)
+    lin = {}
+    for what, (r, c, v) in lists.items():
+        r, c, v = np.asarray(r), np.asarray(c), np.asarray(v)
+        if r.ndim != 1 or c.shape != r.shape or v.shape != r.shape:
+            raise ProblemError(f"{name}: {what} rows, cols and vals must be 1-D of one length, "
+                               f"got {r.shape}, {c.shape}, {v.shape}")
+        for key, x, hi in (("row", r, n), ("column", c, m)):
+            if x.size and not np.issubdtype(x.dtype, np.integer):
+                raise ProblemError(f"{name}: {what} {key} indices must be integers, got dtype {x.dtype}")
+            if x.size and (x.min() < 0 or x.max() >= hi):
+                raise ProblemError(f"{name}: {what} {key} index out of range [0, {hi}) "
+                                   f"(found {int(x.min())}..{int(x.max())})")
+        if v.size and not (np.issubdtype(v.dtype, np.floating) or np.issubdtype(v.dtype, np.integer)):
+            raise ProblemError(f"{name}: {what} values must be numeric, got dtype {v.dtype}")
+        bad = ~np.isfinite(v.astype(float))
+        if bad.any():
+            raise ProblemError(f"{name}: {int(bad.sum())} {what} values are NaN or inf")
+        if np.any(v < 0):
+            raise ProblemError(f"{name}: {int(np.sum(v < 0))} negative {what} values; NMF needs V >= 0")
+        li = r.astype(np.int64) * m + c.astype(np.int64)
+        uniq, counts = np.unique(li, return_counts=True)
+        if (counts > 1).any():
+            k = int(uniq[np.argmax(counts > 1)])
+            raise ProblemError(f"{name}: duplicate {what} entry (row {k // m}, column {k % m})")
+        lin[what] = uniq
+    if "held-out" in lin:
+        both = np.intersect1d(lin["training"], lin["held-out"], assume_unique=True)
+        if both.size:
+            raise ProblemError(f"{name}: {both.size} entries are both training and held-out "
+                               f"(first: row {int(both[0]) // m}, column {int(both[0]) % m})")
+    rc = np.bincount(np.asarray(rows, np.int64), minlength=n)
+    cc = np.bincount(np.asarray(cols, np.int64), minlength=m)
+    if (rc == 0).any():
+        raise ProblemError(f"{name}: training entries leave {int((rc == 0).sum())} empty rows (first: row {int(np.argmax(rc == 0))})")
+    if (cc == 0).any():
+        raise ProblemError(f"{name}: training entries leave {int((cc == 0).sum())} empty columns (first: column {int(np.argmax(cc == 0))})")
+    if rank < 1 or rank > min(n, m):
+        raise ProblemError(f"{name}: rank {rank} must be between 1 and min(n, m) = {min(n, m)}")
+
+
+def _draw_pairs(key, count: int, n: int, m: int):
+    """``count`` uniform (i, j) pairs, deduplicated, as sorted int64 linear indices i·m + j."""
+    ki, kj = jax.random.split(key)
+    i = np.asarray(jax.random.randint(ki, (count,), 0, n, jnp.int32), np.int64)
+    j = np.asarray(jax.random.randint(kj, (count,), 0, m, jnp.int32), np.int64)
+    return np.unique(i * m + j)
+
+
+def make_sparse_synthetic(key: jax.Array, cfg: SyntheticConfig, dtype=None, n_val: Optional[int] = None,
+                          chunk: int = DEFAULT_CHUNK) -> tuple[CooProblem, Truth]:
+    """The question's recipe on a coordinate list, without the dense n × m matrix.
+
+    W = exp(N(0,1)) · 10**linspace(0, −decay, k) (n × k), H likewise (m × k).
+    round(observed·n·m) index pairs are drawn uniformly with replacement and
+    deduplicated, so |Ω| falls short of observed·n·m by a fraction ≈ observed/2
+    (0.5 % at 1 %). ``n_val`` held-out pairs (default |Ω|/10) are drawn the
+    same way and those that hit Ω are dropped. V_ij = Σ_k W_ik H_jk (+ noise)
+    is computed per entry, chunkwise. A different draw from
+    :func:`make_synthetic` (which needs the dense matrix). Host-side (numpy
+    dedupe); not jittable.
+    """
+    from lrfactor import layout
+
+    dtype = dtype or jnp.zeros(()).dtype
+    n, m = cfg.n, cfg.m
+    kw, kh, ko, kv, kn = jax.random.split(key, 5)
+    weight = 10.0 ** jnp.linspace(0.0, -cfg.decay, cfg.true_rank, dtype=dtype)
+    W = jnp.exp(jax.random.normal(kw, (n, cfg.true_rank), dtype)) * weight
+    H = jnp.exp(jax.random.normal(kh, (m, cfg.true_rank), dtype)) * weight
+    lin = _draw_pairs(ko, int(round(cfg.observed * n * m)), n, m)
+    n_val = max(1, lin.size // 10) if n_val is None else n_val
+    vlin = _draw_pairs(kv, n_val, n, m)
+    vlin = vlin[~np.isin(vlin, lin, assume_unique=True)]
+    problem = from_coo(lin // m, lin % m, np.zeros(lin.size), vlin // m, vlin % m, np.zeros(vlin.size),
+                       (n, m), chunk=chunk, dtype=dtype)
+    vals = layout.entry_products(problem, W, H, "train")
+    val_vals = layout.entry_products(problem, W, H, "val")
+    if cfg.noise > 0:
+        kt, kvv = jax.random.split(kn)
+        vals = vals + cfg.noise * jax.random.normal(kt, vals.shape, dtype)
+        val_vals = val_vals + cfg.noise * jax.random.normal(kvv, val_vals.shape, dtype)
+    return problem._replace(vals=vals, val_vals=val_vals), Truth(W=W, H=H)
+
+
+def masked_mse(pred, V, mask, axis=(-2, -1)):
+    """Mean of (pred - V)² over ``mask``; NaN for an empty mask. Safe when pred is inf off-mask.
+
+    ``axis``: the entry axes, (-2, -1) for dense (n, m) arrays, -1 for coordinate lists."""
     err = jnp.where(mask, pred - V, 0.0)
-    return jnp.sum(err**2, axis=(-2, -1)) / jnp.sum(mask, axis=(-2, -1))
+    return jnp.sum(err**2, axis=axis) / jnp.sum(mask, axis=axis)
 
 
-def reference_scores(problem: Problem, truth: Truth, rank: int) -> dict:
+def reference_scores(problem, truth: Truth, rank: int) -> dict:
     """The question's "theoretical MSE": the true factors truncated to the model rank."""
+    from lrfactor import layout
+
     k = min(rank, truth.W.shape[-1])
-    pred = truth.W[..., :k] @ jnp.swapaxes(truth.H[..., :k], -1, -2)
+    W, H = truth.W[..., :k], truth.H[..., :k]
     return {
-        "truth_train_mse": masked_mse(pred, problem.V, problem.train),
-        "truth_val_mse": masked_mse(pred, problem.V, problem.val),
+        "truth_train_mse": layout.masked_mse(problem, layout.entry_products(problem, W, H, "train"), "train"),
+        "truth_val_mse": layout.masked_mse(problem, layout.entry_products(problem, W, H, "val"), "val"),
     }

@@ -1,11 +1,15 @@
 import dataclasses
+import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from lrfactor import driver, experiment
+from lrfactor import driver, experiment, layout
 from lrfactor.config import RunConfig, resolve
+from lrfactor.results import read_npz
+from tests.helpers import layout_config
 
 
 def _cfg(**kw):
@@ -126,3 +130,90 @@ def test_importing_lrfactor_gives_openblas_one_thread_unless_told_otherwise():
                                    text=True, check=True).stdout.strip()
     assert run(env) == "1"
     assert run({**env, "OPENBLAS_NUM_THREADS": "3"}) == "3"
+
+
+# ----------------------------------------------------------------------------- coordinate lists
+
+
+COO_RUN = dict(seeds=2, steps=6, chunk=3, n=40, m=12, true_rank=4, rank=3, precision=64)
+
+
+@pytest.mark.parametrize("solver,kw", [
+    ("gauss_newton", dict(linear_solver="schur_pcg", cg_iters=500, cg_tol=1e-14)),
+    ("hals", {}),
+    ("adam", dict(batch_size=64)),
+])
+def test_a_coordinate_list_run_equals_the_dense_run(solver, kw):
+    runs, refs = {}, {}
+    for lay in ("dense", "coo"):
+        cfg = layout_config(solver=solver, layout=lay, **COO_RUN, **kw)
+        prep = experiment.prepare(cfg)
+        assert layout.is_coo(prep.problem) == (lay == "coo")
+        solver_, carry, _, _ = experiment.build(prep)
+        runs[lay] = driver.run(solver_, prep.problem, carry, steps=cfg.steps, chunk=cfg.chunk,
+                               problem_axis=prep.problem_axis, progress=False)
+        refs[lay] = experiment.references(prep)
+    for k in ("train_mse", "val_mse", "objective"):
+        np.testing.assert_allclose(runs["coo"].history[k], runs["dense"].history[k], rtol=1e-10, err_msg=k)
+    np.testing.assert_array_equal(runs["coo"].carry.t, runs["dense"].carry.t)
+    for k in refs["dense"]:  # the references too (the oracle of a small coordinate problem is polished densely)
+        np.testing.assert_allclose(refs["coo"][k], refs["dense"][k], rtol=1e-8, err_msg=k)
+
+
+def test_an_interrupted_coordinate_list_run_resumes_to_the_same_result(tmp_path, monkeypatch):
+    cfg = layout_config(solver="hals", layout="coo", **{**COO_RUN, "steps": 8, "chunk": 2})
+    prep = experiment.prepare(cfg)
+    full = str(tmp_path / "full")
+    experiment.execute(cfg, full, progress=False, prep=prep)
+    part = str(tmp_path / "part")
+    real = experiment._checkpoint
+    calls = []
+
+    def dying(*a, **k):
+        real(*a, **k)
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # killed after the second chunk was saved
+
+    monkeypatch.setattr(experiment, "_checkpoint", dying)
+    with pytest.raises(KeyboardInterrupt):
+        experiment.execute(cfg, part, progress=False, prep=prep)
+    monkeypatch.setattr(experiment, "_checkpoint", real)
+    experiment.execute(cfg, part, resume=True, progress=False, prep=experiment.prepare(cfg))
+    a, b = read_npz(os.path.join(full, "history.npz")), read_npz(os.path.join(part, "history.npz"))
+    for k in ("train_mse", "val_mse", "objective", "at_floor"):
+        np.testing.assert_array_equal(a[k], b[k])
+    fa, fb = read_npz(os.path.join(full, "factors.npz")), read_npz(os.path.join(part, "factors.npz"))
+    np.testing.assert_array_equal(fa["W"], fb["W"])
+    assert fa["W"].shape == (2, 40, 3)
+
+
+def test_layout_auto_follows_the_size_and_mlp_refuses_coordinates(monkeypatch):
+    from lrfactor.problems import ProblemError
+
+    assert layout.resolve_layout("auto", 1000, 100) == "dense"
+    assert layout.resolve_layout("auto", 100_000, 10_000) == "coo"
+    monkeypatch.setattr(layout, "DENSE_MAX_ENTRIES", 100)  # 40 x 12 is now "large"
+    prep = experiment.prepare(layout_config(solver="hals", **COO_RUN))
+    assert layout.is_coo(prep.problem)
+    with pytest.raises(ProblemError, match="mlp"):
+        experiment.prepare(layout_config(solver="mlp", layout="coo", **COO_RUN))
+    with pytest.raises(ProblemError, match="layout"):
+        experiment.prepare(layout_config(solver="hals", layout="csr", **COO_RUN))
+
+
+def test_a_data_file_is_prepared_in_either_layout(tmp_path):
+    from lrfactor.problems import to_dense
+    from tests.helpers import small_problem
+
+    problem, _ = small_problem(seed=0, n=30, m=10, true_rank=4)
+    path = str(tmp_path / "d.npz")
+    np.savez(path, V=np.asarray(problem.V), train_mask=np.asarray(problem.train), val_mask=np.asarray(problem.val))
+    dense = experiment.prepare(layout_config(solver="hals", data=path, rank=3, layout="dense", seeds=2))
+    coo = experiment.prepare(layout_config(solver="hals", data=path, rank=3, layout="coo", seeds=2))
+    assert coo.problem_axis is None and layout.is_coo(coo.problem) and not layout.is_coo(dense.problem)
+    for a, b in zip(to_dense(coo.problem), dense.problem):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    solver, carry, _, _ = experiment.build(coo)
+    res = driver.run(solver, coo.problem, carry, steps=4, chunk=2, problem_axis=None, progress=False)
+    assert res.history["train_mse"].shape == (2, 5) and np.all(np.diff(res.history["objective"], axis=1) <= 1e-15)

@@ -1,15 +1,25 @@
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from lrfactor import layout
+from lrfactor.config import RunConfig, resolve
 from lrfactor.factors import Factors, init_factors, predict
+from lrfactor.problems import to_coo
+from lrfactor.solvers import blocks as bk
 from lrfactor.solvers import gauss_newton as gn
-from tests.helpers import full_problem, small_problem
+from lrfactor.solvers import linear
+from tests.helpers import full_problem, small_problem, to_float32
+
+EXACT = dict(backtrack=False, restarts=0, schur_precision="full", ftol=0.0, gtol=0.0, xtol=0.0)
+PCG_TIGHT = dict(linear_solver="schur_pcg", cg_iters=500, cg_tol=1e-13)
 
 
-def dense_reference(p, problem, loss, l2, lam, D):
-    """(JᵀΩJ + 2c·l2·I + λ diag(D)) Δ = −g by a dense solve, J from jax.jacfwd."""
+def dense_reference(p, problem, loss, l2, lam, damping):
+    """(JᵀΩJ + 2c·l2·I + λ D) Δ = −g by a dense solve, J from jax.jacfwd; D = I or clip(diag JᵀΩJ)."""
     n, r = p.A.shape
     m = p.B.shape[0]
     F = lambda th: gn.scaled_objective(Factors(th[: n * r].reshape(n, r), th[n * r:].reshape(m, r)), problem, loss, l2)
@@ -20,40 +30,93 @@ def dense_reference(p, problem, loss, l2, lam, D):
     P = pred(th).ravel()
     M = problem.train.ravel()
     om = jnp.where(M, 1.0 if loss == "frobenius" else 1 / P, 0.0)
+    JJ = J.T @ (om[:, None] * J)
+    D = jnp.ones(th.size) if damping == "levenberg" else jnp.clip(jnp.diag(JJ), gn.MIN_DIAG, gn.MAX_DIAG)
     pen = 2 * gn._scale(problem, loss) * l2
-    JJ = J.T @ (om[:, None] * J) + pen * jnp.eye(th.size)
-    return jnp.linalg.solve(JJ + lam * jnp.diag(D(JJ)), -g), g
+    return jnp.linalg.solve(JJ + pen * jnp.eye(th.size) + lam * jnp.diag(D), -g), g
 
 
-@pytest.mark.parametrize("loss", ["frobenius", "kl"])
-@pytest.mark.parametrize("shape", [(13, 7), (6, 11)])
-@pytest.mark.parametrize("damping", ["levenberg", "marquardt"])
-def test_schur_step_equals_dense_solve(loss, shape, damping):
+def pieces(p, problem, loss, l2):
+    """The oriented blocks of one step, as the solver forms them."""
+    n, m = layout.shape(problem)
+    flip = n < m
+    prob = layout.transpose(problem) if flip else problem
+    X, Y = (p.B, p.A) if flip else (p.A, p.B)
+    W, H = jnp.exp(X), jnp.exp(Y)
+    pen = gn._scale(problem, loss) * l2
+    psi, omega = bk.psi_omega(layout.entry_products(prob, W, H), layout.values(prob), layout.mask(prob), loss)
+    gX, gY = bk.gradient(prob, W, H, psi, X, Y, pen)
+    U, S = bk.normal_blocks(prob, W, H, omega)
+    return dict(prob=prob, X=X, Y=Y, W=W, H=H, pen=pen, omega=omega, gX=gX, gY=gY, U=U, S=S, flip=flip)
+
+
+def _flat(a, b, flip):
+    A, B = (b, a) if flip else (a, b)
+    return jnp.concatenate([A.ravel(), B.ravel()])
+
+
+@pytest.mark.parametrize("loss,shape,damping,solver,lay", [
+    (loss, shape, damping, "dense_schur", "dense")
+    for loss in ("frobenius", "kl") for shape in ((13, 7), (6, 11)) for damping in gn.DAMPINGS
+] + [
+    ("frobenius", (13, 7), "levenberg", "schur_pcg", "dense"),
+    ("kl", (6, 11), "marquardt", "schur_pcg", "dense"),
+    ("frobenius", (6, 11), "levenberg", "schur_pcg", "coo"),
+    ("kl", (13, 7), "marquardt", "schur_pcg", "coo"),
+])
+def test_linear_solvers_give_the_dense_damped_step(loss, shape, damping, solver, lay):
     n, m = shape
     problem, _ = small_problem(seed=1, n=n, m=m, true_rank=4)
     p = init_factors(jax.random.PRNGKey(2), problem, 3, "scaled")
     l2, lam = 0.01, 0.3
-    Dfun = (lambda JJ: jnp.ones(JJ.shape[0])) if damping == "levenberg" else (
-        lambda JJ: jnp.clip(jnp.diag(JJ) - 2 * gn._scale(problem, loss) * l2, gn.MIN_DIAG, gn.MAX_DIAG))
-    ref, g = dense_reference(p, problem, loss, l2, lam, Dfun)
-    flip = n < m
-    X, Y, V, M = (p.B, p.A, problem.V.T, problem.train.T) if flip else (p.A, p.B, problem.V, problem.train)
-    W, H = jnp.exp(X), jnp.exp(Y)
-    pen = gn._scale(problem, loss) * l2
-    psi, omega = gn._psi_omega(W @ H.T, V, M, loss)
-    gX, gY = gn.gradient(W, H, psi, X, Y, pen)
-    U, S = gn.normal_blocks(W, H, omega)
-    if damping == "levenberg":
-        DX, DY = jnp.ones_like(X), jnp.ones_like(Y)
+    ref, g = dense_reference(p, problem, loss, l2, lam, damping)
+    q = pieces(p, to_coo(problem, chunk=8) if lay == "coo" else problem, loss, l2)
+    np.testing.assert_allclose(_flat(q["gX"], q["gY"], q["flip"]), g, rtol=1e-10, atol=1e-12)
+    DX, DY = gn.damping_diagonal(q["U"], q["S"], damping)
+    dX, dY = 2 * q["pen"] + lam * DX, 2 * q["pen"] + lam * DY
+    args = (q["prob"], q["W"], q["H"], q["omega"], q["U"], q["S"], dX, dY, -q["gX"], -q["gY"])
+    if solver == "dense_schur":
+        sX, sY, k, _ = linear.dense_schur(*args, row_block=4)
+        assert int(k) == 0
     else:
-        DX = jnp.clip(jnp.diagonal(U, axis1=1, axis2=2), gn.MIN_DIAG, gn.MAX_DIAG)
-        DY = jnp.clip(jnp.diagonal(S, axis1=1, axis2=2), gn.MIN_DIAG, gn.MAX_DIAG)
-    dX, dY, _ = gn.damped_step(W, H, omega, gX, gY, U, S, 2 * pen + lam * DX, 2 * pen + lam * DY, row_block=4)
-    dA, dB = (dY, dX) if flip else (dX, dY)
-    got = jnp.concatenate([dA.ravel(), dB.ravel()])
-    gA, gB = (gY, gX) if flip else (gX, gY)
-    np.testing.assert_allclose(jnp.concatenate([gA.ravel(), gB.ravel()]), g, rtol=1e-10, atol=1e-12)
-    assert float(jnp.max(jnp.abs(got - ref)) / jnp.max(jnp.abs(ref))) < 1e-10
+        sX, sY, k, rel = linear.schur_pcg(*args, cg_iters=500, cg_tol=1e-13)
+        assert 0 < int(k) < 500 and float(rel) <= 1e-13
+    got = _flat(sX, sY, q["flip"])
+    assert float(jnp.max(jnp.abs(got - ref)) / jnp.max(jnp.abs(ref))) < 1e-9
+
+
+def test_pcg_stops_at_its_tolerance_or_its_cap():
+    problem, _ = small_problem(seed=1, n=30, m=12, true_rank=4)
+    p = init_factors(jax.random.PRNGKey(2), problem, 3, "scaled")
+    q = pieces(p, problem, "frobenius", 0.0)
+    d = (0.01 * jnp.ones_like(q["X"]), 0.01 * jnp.ones_like(q["Y"]))
+    args = (q["prob"], q["W"], q["H"], q["omega"], q["U"], q["S"], *d, -q["gX"], -q["gY"])
+    _, _, k_tight, rel_tight = linear.schur_pcg(*args, cg_iters=500, cg_tol=1e-12)
+    _, _, k_loose, rel_loose = linear.schur_pcg(*args, cg_iters=500, cg_tol=1e-1)
+    _, _, k_cap, rel_cap = linear.schur_pcg(*args, cg_iters=2, cg_tol=1e-12)
+    assert float(rel_tight) <= 1e-12 and float(rel_loose) <= 1e-1 and int(k_loose) < int(k_tight)
+    assert int(k_cap) == 2 and float(rel_cap) > 1e-12
+
+
+def test_jacobi_blocks_are_the_diagonal_blocks_of_the_reduced_matrix():
+    problem, _ = small_problem(seed=1, n=13, m=7, true_rank=4)
+    p = init_factors(jax.random.PRNGKey(2), problem, 3, "scaled")
+    qd = pieces(p, problem, "kl", 0.0)  # kl: ω ≠ 1 enters squared
+    for prob in (problem, to_coo(problem, chunk=5)):
+        q = pieces(p, prob, "kl", 0.0)
+        W, H, U, S = q["W"], q["H"], q["U"], q["S"]
+        n, r = W.shape
+        m = H.shape[0]
+        Ud, Sd = bk.add_diag(U, 0.3 * jnp.ones((n, r))), bk.add_diag(S, 0.2 * jnp.ones((m, r)))
+        Uinv = jnp.linalg.inv(Ud)
+        got = bk.jacobi_blocks(q["prob"], W, H, q["omega"], Uinv, Sd)
+        om = qd["omega"]
+        u = W[:, None, :] * H[None, :, :]
+        C = (om[:, :, None, None] * u[:, :, :, None] * u[:, :, None, :]).transpose(0, 2, 1, 3).reshape(n * r, m * r)
+        R = jax.scipy.linalg.block_diag(*Sd) - C.T @ jnp.linalg.solve(jax.scipy.linalg.block_diag(*Ud), C)
+        idx = jnp.arange(m)
+        ref = R.reshape(m, r, m, r)[idx, :, idx, :]
+        np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-12 * float(jnp.max(jnp.abs(ref))))
 
 
 @pytest.mark.parametrize("row_block", [1, 3, 10])  # 10 blocks, 4 padded blocks, one block
@@ -63,8 +126,8 @@ def test_schur_product_equals_dense(row_block):
     W, H = jnp.exp(p.A), jnp.exp(p.B)
     n, r = W.shape
     m = H.shape[0]
-    _, omega = gn._psi_omega(W @ H.T, problem.V, problem.train, "frobenius")
-    U, _ = gn.normal_blocks(W, H, omega)
+    _, omega = bk.psi_omega(W @ H.T, problem.V, problem.train, "frobenius")
+    U, _ = bk.normal_blocks(problem, W, H, omega)
     Ud = U + 0.1 * jnp.eye(r)
     Linv = jnp.linalg.inv(jnp.linalg.cholesky(Ud))
     # The coupling matrix C (n r × m r), block (i, j) = ω_ij u_ij u_ijᵀ, and Cᵀ U'⁻¹ C densely.
@@ -72,15 +135,15 @@ def test_schur_product_equals_dense(row_block):
     C = (omega[:, :, None, None] * u[:, :, :, None] * u[:, :, None, :]).transpose(0, 2, 1, 3).reshape(n * r, m * r)
     Ubd = jax.scipy.linalg.block_diag(*Ud)
     ref = C.T @ jnp.linalg.solve(Ubd, C)
-    got = gn.schur_product(Linv, W, H, omega, row_block)
+    got = linear.schur_product(Linv, W, H, omega, row_block)
     np.testing.assert_allclose(got, ref, rtol=1e-11, atol=1e-12 * float(jnp.max(jnp.abs(ref))))
 
 
-@pytest.mark.parametrize("r", [1, 3, 8, gn.UNROLL_MAX_RANK + 1])  # unrolled, and LAPACK above the limit
+@pytest.mark.parametrize("r", [1, 3, 8, linear.UNROLL_MAX_RANK + 1])  # unrolled, and LAPACK above the limit
 def test_inverse_cholesky(r):
     X = jax.random.normal(jax.random.PRNGKey(r), (5, r, r + 3))
     U = X @ X.transpose(0, 2, 1) + 1e-3 * jnp.eye(r)
-    M = gn.inverse_cholesky(U)
+    M = linear.inverse_cholesky(U)
     L = jnp.linalg.cholesky(U)  # the unique factor with a positive diagonal
     np.testing.assert_allclose(M, jnp.linalg.inv(L), rtol=1e-10, atol=1e-12)
     np.testing.assert_array_equal(jnp.triu(M, 1), 0.0)
@@ -89,9 +152,18 @@ def test_inverse_cholesky(r):
 
 def test_inverse_cholesky_flags_a_block_that_is_not_positive_definite():
     U = jnp.stack([jnp.eye(3), jnp.diag(jnp.array([1.0, -1.0, 1.0]))])
-    M = gn.inverse_cholesky(U)
+    M = linear.inverse_cholesky(U)
     np.testing.assert_array_equal(M[0], jnp.eye(3))
     assert bool(jnp.isnan(M[1]).any())
+
+
+def test_auto_picks_dense_schur_for_small_dense_problems_only():
+    assert linear.choose("auto", False, 1000, 100, 8) == "dense_schur"
+    assert linear.choose("auto", False, 1000, 600, 8) == "schur_pcg"  # 4800 reduced unknowns
+    assert linear.choose("auto", True, 1000, 100, 8) == "schur_pcg"
+    assert linear.choose("schur_pcg", False, 10, 10, 2) == "schur_pcg"
+    with pytest.raises(ValueError, match="dense layout"):
+        linear.choose("dense_schur", True, 10, 10, 2)
 
 
 def test_balance_gauge_keeps_prediction_and_minimises_penalty():
@@ -105,58 +177,79 @@ def test_balance_gauge_keeps_prediction_and_minimises_penalty():
         assert abs(float(jax.grad(lambda c: pen(jnp.zeros(3).at[k].set(c)))(0.0))) < 1e-9
 
 
-@pytest.mark.parametrize("method", ["joint", "joint_epi", "varpro"])
-def test_never_increases_objective(method):
+def test_factory_defaults_are_the_command_lines():
+    cfg = resolve(RunConfig(solver="gauss_newton"))
+    sig = inspect.signature(gn.make_gauss_newton).parameters
+    for name, par in sig.items():
+        if hasattr(cfg, name):
+            assert par.default == getattr(cfg, name), name
+    assert {"loss", "l2", "rank", "damping", "lambda0", "backtrack", "restarts", "refine"} <= set(sig)
+
+
+# ----------------------------------------------------------------------------- options change the step
+
+
+def _one_step(problem, p0, lambda0, **kw):
+    """The initial λ (lambda0 × the mean diagonal of JᵀJ) and the state after one step."""
+    solver = gn.make_gauss_newton(rank=p0.A.shape[1], lambda0=lambda0, **{**EXACT, **kw})
+    s0 = solver.init(p0, problem)
+    return float(s0.lam), jax.jit(solver.step)(s0, problem)
+
+
+@pytest.mark.parametrize("lay", ["dense", "coo"])
+@pytest.mark.parametrize("damping", gn.DAMPINGS)
+def test_damping_option_sets_the_step_the_docstring_gives(lay, damping):
+    # damping=marquardt: Δ = solve(JᵀJ + λ·clip(diag JᵀJ), −g); levenberg: Δ = solve(JᵀJ + λI, −g).
     problem, _ = small_problem(seed=4, n=30, m=12, true_rank=4)
-    solver = gn.make_gauss_newton(rank=3, method=method, init="keras")
-    state = solver.init(solver.init_params(jax.random.PRNGKey(0), problem), problem, None)
-    step = jax.jit(solver.step)
-    F = [float(state.F)]
-    for _ in range(25):
-        state = step(state, problem)
-        F.append(float(state.F))
-    assert np.all(np.diff(F) <= 0)
-    assert F[-1] < F[0]
-    np.testing.assert_allclose(state.F, gn.scaled_objective(state.params, problem, "frobenius", 0.0), rtol=1e-10)
+    p0 = init_factors(jax.random.PRNGKey(0), problem, 3, "scaled")
+    prob = to_coo(problem, chunk=64) if lay == "coo" else problem
+    lam, b = _one_step(prob, p0, 1.0, damping=damping, **(PCG_TIGHT if lay == "coo" else {}))
+    ref, _ = dense_reference(p0, problem, "frobenius", 0.0, lam, damping)
+    other, _ = dense_reference(p0, problem, "frobenius", 0.0, lam, "marquardt" if damping == "levenberg" else "levenberg")
+    assert bool(b.accepted)
+    got = jnp.concatenate([(b.params.A - p0.A).ravel(), (b.params.B - p0.B).ravel()])
+    assert float(jnp.max(jnp.abs(got - ref)) / jnp.max(jnp.abs(ref))) < 1e-9
+    assert float(jnp.max(jnp.abs(other - ref)) / jnp.max(jnp.abs(ref))) > 1e-2  # the options differ
 
 
-def test_exact_low_rank_fully_observed_is_fitted():
-    key = jax.random.PRNGKey(5)
-    W = jnp.exp(jax.random.normal(key, (20, 3)))
-    H = jnp.exp(jax.random.normal(jax.random.PRNGKey(6), (8, 3)))
-    problem = full_problem(W @ H.T)
-    solver = gn.make_gauss_newton(rank=3, method="joint", init="scaled", ftol=0.0, xtol=0.0, gtol=0.0)
-    state = solver.init(solver.init_params(jax.random.PRNGKey(1), problem), problem, None)
-    step = jax.jit(solver.step)
-    for _ in range(200):
-        state = step(state, problem)
-    rel = jnp.linalg.norm(predict(state.params) - problem.V) / jnp.linalg.norm(problem.V)
-    assert float(rel) < 1e-8
+def test_schur_precision_and_refine_set_the_accuracy_of_the_step():
+    problem, _ = small_problem(seed=4, n=30, m=12, true_rank=4)
+    p0 = init_factors(jax.random.PRNGKey(0), problem, 3, "scaled")
+    err = {}
+    for prec, refine in (("full", 0), ("mixed", 0), ("mixed", 1), ("mixed", 3)):
+        lam, b = _one_step(problem, p0, 1.0, schur_precision=prec, refine=refine)
+        ref, _ = dense_reference(p0, problem, "frobenius", 0.0, lam, "levenberg")
+        assert bool(b.accepted)
+        got = jnp.concatenate([(b.params.A - p0.A).ravel(), (b.params.B - p0.B).ravel()])
+        err[prec, refine] = float(jnp.max(jnp.abs(got - ref)) / jnp.max(jnp.abs(ref)))
+    assert err["full", 0] < 1e-10
+    assert err["mixed", 0] > 1e-9  # the float32 factor alone is visibly inexact
+    assert err["mixed", 3] < 1e-9 and err["mixed", 3] < 1e-3 * err["mixed", 0]
+    assert err["mixed", 1] < err["mixed", 0]
 
 
 def test_mixed_precision_refinement_recovers_the_float64_step():
     problem, _ = small_problem(seed=2, n=40, m=12, true_rank=4)
     p = init_factors(jax.random.PRNGKey(3), problem, 3, "scaled")
-    W, H = jnp.exp(p.A), jnp.exp(p.B)
-    psi, omega = gn._psi_omega(W @ H.T, problem.V, problem.train, "frobenius")
-    gA, gB = gn.gradient(W, H, psi, p.A, p.B, 0.0)
-    U, S = gn.normal_blocks(W, H, omega)
+    q = pieces(p, problem, "frobenius", 0.0)
+    W, H, omega, U, S = q["W"], q["H"], q["omega"], q["U"], q["S"]
     dA, dB = 0.05 * jnp.ones_like(p.A), 0.05 * jnp.ones_like(p.B)
-    ref = gn.damped_step(W, H, omega, gA, gB, U, S, dA, dB)
-    f32 = gn.factorize(W, H, omega, U, S, dA, dB, schur_dtype=jnp.float32)
+    ref = linear.dense_schur(problem, W, H, omega, U, S, dA, dB, -q["gX"], -q["gY"])
+    f32 = linear.factorize(W, H, omega, U, S, dA, dB, schur_dtype=jnp.float32)
     assert f32.R.dtype == jnp.float32
     errs = []
     for it in (0, 3):
-        x = gn.refined_solve(f32, W, H, omega, dA, dB, -gA, -gB, it)
+        x = linear.refined_solve(f32, problem, W, H, omega, dA, dB, -q["gX"], -q["gY"], it)
         errs.append(max(float(jnp.max(jnp.abs(x[k] - ref[k])) / jnp.max(jnp.abs(ref[k]))) for k in (0, 1)))
-    assert errs[0] > 1e-9  # the float32 factor alone is visibly inexact
+    assert errs[0] > 1e-9
     assert errs[1] < 1e-9 and errs[1] < 1e-3 * errs[0]
 
 
 def test_step_cap_bounds_every_log_space_step_and_keeps_the_direction():
     problem, _ = small_problem(seed=4, n=30, m=12, true_rank=4)
-    free = gn.make_gauss_newton(rank=3, init="scaled", lambda0=1.0)
-    capped = gn.make_gauss_newton(rank=3, init="scaled", lambda0=1.0, max_step=0.25)
+    kw = dict(rank=3, init="scaled", lambda0=1.0, backtrack=False, restarts=0)
+    free = gn.make_gauss_newton(**kw)
+    capped = gn.make_gauss_newton(max_step=0.25, **kw)
     p0 = free.init_params(jax.random.PRNGKey(0), problem)
     s_free, s_cap = free.init(p0, problem, None), capped.init(p0, problem, None)
     # From the same state the capped step is the free step scaled to max|Δ| = 0.25.
@@ -178,16 +271,65 @@ def test_step_cap_bounds_every_log_space_step_and_keeps_the_direction():
     assert np.all(np.diff(F) <= 0) and F[-1] < F[0]
 
 
+def test_backtracking_takes_a_fraction_of_a_rejected_step_and_nothing_else():
+    problem, _ = small_problem(seed=4, n=30, m=12, true_rank=4)
+    seen = {"same": 0, "backtracked": 0}
+    for init, lam0 in (("keras", 1e-3), ("scaled", 1e-2)):
+        kw = dict(rank=3, init=init, lambda0=lam0, schur_precision="full", restarts=0)
+        plain = gn.make_gauss_newton(backtrack=False, **kw)
+        bt = gn.make_gauss_newton(backtrack=True, **kw)
+        step_a, step_b = jax.jit(plain.step), jax.jit(bt.step)
+        s0 = plain.init(plain.init_params(jax.random.PRNGKey(0), problem), problem, None)
+        for _ in range(40):  # along the plain run, one step of each from the same state
+            a, b = step_a(s0, problem), step_b(s0, problem)
+            p0 = s0.params
+            if bool(a.accepted):  # an accepted full step is left exactly as it is
+                for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+                    np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
+                seen["same"] += 1
+            elif bool(b.accepted):
+                # The full step was rejected: b took α·Δ for one α of BACKTRACK, Δ the damped step.
+                q = pieces(p0, problem, "frobenius", 0.0)
+                one = lambda x: s0.lam * jnp.ones_like(x)
+                dX, dY, _, _ = linear.dense_schur(problem, q["W"], q["H"], q["omega"], q["U"], q["S"], one(p0.A),
+                                                  one(p0.B), -q["gX"], -q["gY"])
+                alpha = float(jnp.vdot(b.params.B - p0.B, dY) / jnp.vdot(dY, dY))
+                assert min(abs(alpha - c) for c in gn.BACKTRACK) < 1e-9
+                scale = float(jnp.max(jnp.abs(dX)))
+                np.testing.assert_allclose(b.params.A, p0.A + alpha * dX, rtol=0, atol=1e-9 * scale)
+                np.testing.assert_allclose(b.params.B, p0.B + alpha * dY, rtol=0, atol=1e-9 * scale)
+                assert float(b.F) < float(s0.F)
+                np.testing.assert_allclose(float(b.F), float(gn.scaled_objective(b.params, problem, "frobenius", 0.0)),
+                                           rtol=1e-12)
+                assert float(b.lam) == 2 * float(s0.lam) and float(b.nu) == 2.0
+                assert int(b.n_accepted) == int(s0.n_accepted) + 1
+                seen["backtracked"] += 1
+            s0 = a
+    assert seen["same"] > 0 and seen["backtracked"] > 0, seen
+
+
+def test_a_non_finite_full_step_is_backtracked_and_a_wild_finite_one_is_not():
+    F, F_b, pred_b = jnp.asarray(1.0), jnp.asarray(0.5), jnp.asarray(0.6)
+    no = jnp.asarray(False)
+    take = lambda F_new: bool(gn.backtrack_accept(no, F, jnp.asarray(F_new), F_b, pred_b))
+    assert take(jnp.nan) and take(jnp.inf)  # exp overflow: the fractions are tried
+    assert not take(gn.WILD * 1.0 + 1.0)  # finite but wild: the model says nothing about the direction
+    assert take(1.5)  # an ordinary rejected step
+    assert not bool(gn.backtrack_accept(jnp.asarray(True), F, jnp.asarray(0.9), F_b, pred_b))  # accepted already
+    assert not bool(gn.backtrack_accept(no, F, jnp.asarray(jnp.nan), jnp.asarray(0.9999), pred_b))  # gain < 1e-3 x model
+
+
 def test_restarts_follow_the_first_run_then_keep_the_best():
     problem, _ = small_problem(seed=4, n=30, m=12, true_rank=4)
-    plain = gn.make_gauss_newton(rank=3, init="keras", ftol=1e-6)
-    rs = gn.make_gauss_newton(rank=3, init="keras", restarts=2, stall_window=5, stall_rtol=1e-3, ftol=1e-6)
+    kw = dict(rank=3, init="keras", ftol=1e-6, schur_precision="full", backtrack=False)
+    plain = gn.make_gauss_newton(restarts=0, **kw)
+    rs = gn.make_gauss_newton(restarts=2, stall_window=5, stall_rtol=1e-3, **kw)
     p0 = plain.init_params(jax.random.PRNGKey(0), problem)
     a, b = plain.init(p0, problem, None), rs.init(p0, problem, None)
     step_a, step_b = jax.jit(plain.step), jax.jit(rs.step)
     first = True
     best, restarts_at = [float(b.F)], []
-    for t in range(400):  # the restarts come at ~110 and ~300 (the path's rounding decides exactly when)
+    for t in range(400):  # the path's rounding decides exactly when the restarts come
         prev = b
         b = step_b(b, problem)
         if first and int(b.restart) == 0:
@@ -214,44 +356,103 @@ def test_restarts_follow_the_first_run_then_keep_the_best():
     assert float(b.F) <= float(a.F)  # never worse than the first run where it restarted
 
 
-def test_backtracking_takes_a_fraction_of_a_rejected_step_and_nothing_else():
+# ----------------------------------------------------------------------------- stopping tests
+
+
+def _trajectory(problem, steps, **kw):
+    """States along a run with the given settings (no backtracking or restarts)."""
+    solver = gn.make_gauss_newton(rank=3, init="scaled", backtrack=False, restarts=0, schur_precision="full", **kw)
+    s = solver.init(solver.init_params(jax.random.PRNGKey(0), problem), problem)
+    step = jax.jit(solver.step)
+    out = [s]
+    for _ in range(steps):
+        s = step(s, problem)
+        out.append(s)
+    return out
+
+
+@pytest.mark.parametrize("which", ["ftol", "gtol", "xtol"])
+def test_each_stopping_tolerance_fires_where_its_test_says(which):
     problem, _ = small_problem(seed=4, n=30, m=12, true_rank=4)
-    seen = {"same": 0, "backtracked": 0}
-    for init, lam0 in (("keras", 1e-3), ("scaled", 1e-2)):
-        plain = gn.make_gauss_newton(rank=3, init=init, lambda0=lam0, schur_precision="full")
-        bt = gn.make_gauss_newton(rank=3, init=init, lambda0=lam0, schur_precision="full", backtrack=True)
-        step_a, step_b = jax.jit(plain.step), jax.jit(bt.step)
-        s0 = plain.init(plain.init_params(jax.random.PRNGKey(0), problem), problem, None)
-        for _ in range(40):  # along the plain run, one step of each from the same state
-            a, b = step_a(s0, problem), step_b(s0, problem)
-            p0 = s0.params
-            if bool(a.accepted):  # an accepted full step is left exactly as it is
-                for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-                    np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
-                seen["same"] += 1
-            elif bool(b.accepted):
-                # The full step was rejected: b took α·Δ for one α of BACKTRACK, Δ the damped step.
-                W, H = jnp.exp(p0.A), jnp.exp(p0.B)
-                psi, omega = gn._psi_omega(W @ H.T, problem.V, problem.train, "frobenius")
-                gX, gY = gn.gradient(W, H, psi, p0.A, p0.B, 0.0)
-                U, S = gn.normal_blocks(W, H, omega)
-                one = lambda x: s0.lam * jnp.ones_like(x)
-                dX, dY, _ = gn.damped_step(W, H, omega, gX, gY, U, S, one(p0.A), one(p0.B))
-                alpha = float(jnp.vdot(b.params.B - p0.B, dY) / jnp.vdot(dY, dY))
-                assert min(abs(alpha - c) for c in gn.BACKTRACK) < 1e-9
-                scale = float(jnp.max(jnp.abs(dX)))
-                np.testing.assert_allclose(b.params.A, p0.A + alpha * dX, rtol=0, atol=1e-9 * scale)
-                np.testing.assert_allclose(b.params.B, p0.B + alpha * dY, rtol=0, atol=1e-9 * scale)
-                assert float(b.F) < float(s0.F)
-                np.testing.assert_allclose(float(b.F), float(gn.scaled_objective(b.params, problem, "frobenius", 0.0)),
-                                           rtol=1e-12)
-                assert float(b.lam) == 2 * float(s0.lam) and float(b.nu) == 2.0
-                assert int(b.n_accepted) == int(s0.n_accepted) + 1
-                seen["backtracked"] += 1
-            s0 = a
-    assert seen["same"] > 0 and seen["backtracked"] > 0, seen
+    free = _trajectory(problem, 25, ftol=0.0, gtol=0.0, xtol=0.0)
+    assert not any(bool(s.done) for s in free)
+    F = np.array([float(s.F) for s in free])
+    theta = np.array([np.sqrt(float(jnp.sum(s.params.A**2) + jnp.sum(s.params.B**2))) for s in free])
+    ok = np.array([bool(s.accepted) for s in free[1:]])
+    dnorm = np.array([np.sqrt(float(jnp.sum((b.params.A - a.params.A) ** 2) + jnp.sum((b.params.B - a.params.B) ** 2)))
+                      for a, b in zip(free[:-1], free[1:])])
+    g = np.array([float(s.grad_inf) for s in free[1:]])  # max|g| at the point each step started from
+    # Each tolerance set between its quantity's values along the run, at step 8.
+    if which == "ftol":
+        rel = (F[:-1] - F[1:]) / F[:-1]
+        tol = 0.5 * (np.min(rel[:8][ok[:8]]) + rel[8]) if rel[8] < np.min(rel[:8][ok[:8]]) else rel[8] * (1 + 1e-9)
+        fires = ok & (F[:-1] - F[1:] <= tol * F[:-1])
+    elif which == "gtol":
+        ratio = g / F[:-1]
+        tol = ratio[8] * (1 + 1e-9)
+        fires = ratio <= tol
+    else:
+        ratio = dnorm / theta[:-1]
+        tol = ratio[8] * (1 + 1e-9) if ok[8] else None
+        if tol is None:
+            pytest.skip("step 8 rejected")
+        fires = ok & (dnorm <= tol * (theta[:-1] + tol))
+    expect = int(np.argmax(fires))
+    assert fires.any() and expect <= 8
+    run = _trajectory(problem, expect + 1, **{"ftol": 0.0, "gtol": 0.0, "xtol": 0.0, which: float(tol)})
+    done = [bool(s.done) for s in run[1:]]
+    assert done.index(True) == expect, (which, done, expect)
 
 
-def test_backtracking_is_for_the_joint_method_only():
-    with pytest.raises(ValueError, match="joint"):
-        gn.make_gauss_newton(method="varpro", backtrack=True)
+# ----------------------------------------------------------------------------- whole runs, float64 and float32
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("lay", ["dense", "coo"])
+def test_never_increases_objective(dtype, lay):
+    problem, _ = small_problem(seed=4, n=30, m=12, true_rank=4)
+    if dtype == "float32":
+        problem = to_float32(problem)
+    prob = to_coo(problem, chunk=64) if lay == "coo" else problem
+    solver = gn.make_gauss_newton(rank=3, init="keras")
+    state = solver.init(solver.init_params(jax.random.PRNGKey(0), prob), prob, None)
+    assert state.F.dtype == jnp.dtype(dtype)
+    step = jax.jit(solver.step)
+    F = [float(state.F)]
+    for _ in range(25):
+        state = step(state, prob)
+        F.append(float(state.F))
+    assert np.all(np.diff(F) <= 0)
+    assert F[-1] < 1e-2 * F[0]
+    rtol = 1e-10 if dtype == "float64" else 1e-5
+    np.testing.assert_allclose(state.F, gn.scaled_objective(state.params, prob, "frobenius", 0.0), rtol=rtol)
+
+
+@pytest.mark.parametrize("dtype,lay,tol", [("float64", "dense", 1e-8), ("float32", "dense", 1e-3),
+                                           ("float64", "coo", 1e-8)])
+def test_exact_low_rank_fully_observed_is_fitted(dtype, lay, tol):
+    key = jax.random.PRNGKey(5)
+    W = jnp.exp(jax.random.normal(key, (20, 3)))
+    H = jnp.exp(jax.random.normal(jax.random.PRNGKey(6), (8, 3)))
+    problem = full_problem(W @ H.T)
+    if dtype == "float32":
+        problem = to_float32(problem)
+    prob = to_coo(problem) if lay == "coo" else problem
+    solver = gn.make_gauss_newton(rank=3, init="scaled", ftol=0.0, xtol=0.0, gtol=0.0, restarts=0,
+                                  **(dict(cg_tol=1e-12, cg_iters=200) if lay == "coo" else {}))
+    state = solver.init(solver.init_params(jax.random.PRNGKey(1), prob), prob, None)
+    step = jax.jit(solver.step)
+    for _ in range(150):
+        state = step(state, prob)
+    rel = jnp.linalg.norm(predict(state.params) - problem.V) / jnp.linalg.norm(problem.V)
+    assert float(rel) < tol
+
+
+def test_unknown_or_removed_options_are_refused():
+    for kw, msg in ((dict(method="varpro"), "method"), (dict(damping="sqrt"), "damping"),
+                    (dict(linear_solver="qr"), "linear solver"), (dict(schur_precision="half"), "schur_precision"),
+                    (dict(cg_iters=0), "cg_iters"), (dict(loss="huber"), "loss")):
+        with pytest.raises(ValueError, match=msg):
+            gn.make_gauss_newton(**kw)
+    with pytest.raises(ValueError, match="restarts"):
+        gn.make_gauss_newton(restarts=9)

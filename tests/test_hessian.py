@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import small_problem
+from tests.helpers import small_problem
 
 from lrfactor import cli, hessian, losses
 from lrfactor.factors import Factors, init_factors
@@ -293,3 +293,21 @@ def test_cli_writes_hessian_npz_with_contract_keys(tmp_path, solver):
     fac = read_npz(os.path.join(out, "factors.npz"))
     np.testing.assert_allclose(np.exp(hz["A"][:, -1]), fac["W"], rtol=1e-6)
     np.testing.assert_allclose(np.exp(hz["B"][:, -1]), fac["H"], rtol=1e-6)
+
+
+def test_tracer_and_gauss_newton_product_on_coordinate_lists_equal_dense():
+    from lrfactor.problems import to_coo
+
+    problem, _, params = _point(20, 8, 2, init="scaled")
+    coo = to_coo(problem, chunk=16)
+    trace = jax.jit(hessian.make_tracer(_objective(1e-3), SimpleNamespace(lanczos_steps=10, slq_probes=2)))
+    key = jax.random.PRNGKey(0)
+    a, b = jax.device_get(trace(params, problem, key)), jax.device_get(trace(params, coo, key))
+    for k in ("objective", "eig_max", "eig_min", "index", "grad_norm", "lanczos_alpha", "lanczos_beta"):
+        np.testing.assert_allclose(b[k], a[k], rtol=1e-8, atol=1e-12, err_msg=k)
+    v = _random_like(jax.random.PRNGKey(3), params)
+    for loss in ("frobenius", "kl"):
+        gd = hessian.factor_gnvp(params, problem, v, loss, 1e-3)
+        gc = hessian.factor_gnvp(params, coo, v, loss, 1e-3)
+        for x, y in zip(gc, gd):
+            np.testing.assert_allclose(x, y, rtol=1e-10, atol=1e-13)

@@ -148,3 +148,13 @@ def test_running_statistics_stay_out_of_the_gradient(tmp_path):
     state = jax.jit(jax.vmap(solver.step, in_axes=(0, None)))(carry.state, prep.problem)
     for st in state.params.stats:
         assert np.all(np.isfinite(st.var)) and np.all(np.asarray(st.var) != 1.0)
+
+
+def test_mlp_refuses_coordinate_lists():
+    from lrfactor.solvers import make_solver
+    from tests.helpers import layout_config
+
+    with pytest.raises(ValueError, match="dense layout"):
+        make_solver(layout_config(solver="mlp", layout="coo"), {"n_train_max": 100})
+    with pytest.raises(ValueError, match="dense layout"):
+        make_solver(layout_config(solver="mlp"), {"n_train_max": 100, "layout": "coo"})

@@ -1,12 +1,21 @@
 """Solver registry: ``make_solver(cfg, info)`` builds any solver by name.
 
 ``info`` holds host-side facts about the problem batch that fix static shapes
-(``n_train_max``: the largest training-set size over the seeds).
+(``n_train_max``: the largest training-set size over the seeds; ``layout``:
+``dense`` or ``coo`` when known).
+
+Settings read here with ``getattr(cfg, name, default)`` (the run configuration
+gains them as fields): ``layout`` (str, lrfactor.layout.LAYOUTS, default
+"auto"), ``linear_solver`` (str, LINEAR_SOLVERS, default "auto"), ``cg_iters``
+(int ≥ 1, default 100), ``cg_tol`` (float > 0, default 1e-2).
 """
 
 from __future__ import annotations
 
+from lrfactor.layout import LAYOUTS
 from lrfactor.solvers.base import Solver
+from lrfactor.solvers.gauss_newton import DAMPINGS, METHODS, SCHUR_PRECISIONS
+from lrfactor.solvers.linear import LINEAR_SOLVERS
 
 
 def _gauss_newton(cfg, info):
@@ -14,9 +23,9 @@ def _gauss_newton(cfg, info):
 
     return make_gauss_newton(
         loss=cfg.loss, l2=cfg.l2, rank=cfg.rank, init=cfg.init, method=cfg.method,
-        damping=cfg.damping, lambda0=cfg.lambda0, inner=cfg.inner,
-        ftol=cfg.ftol, gtol=cfg.gtol, xtol=cfg.xtol, newton_iters=cfg.newton_iters,
-        geodesic=cfg.geodesic, lm_update=cfg.lm_update, lam_down=cfg.lam_down,
+        damping=cfg.damping, lambda0=cfg.lambda0, ftol=cfg.ftol, gtol=cfg.gtol, xtol=cfg.xtol,
+        linear_solver=getattr(cfg, "linear_solver", "auto"), cg_iters=getattr(cfg, "cg_iters", 100),
+        cg_tol=getattr(cfg, "cg_tol", 1e-2),
         schur_precision=cfg.schur_precision, max_step=cfg.max_step, backtrack=cfg.backtrack, refine=cfg.refine,
         restarts=cfg.restarts,
     )
@@ -43,6 +52,9 @@ def _mu(cfg, info):
 def _mlp(cfg, info):
     from lrfactor.solvers.mlp import make_mlp
 
+    if info.get("layout", getattr(cfg, "layout", "auto")) == "coo":
+        raise ValueError("the mlp solver predicts the whole n x m matrix: it needs the dense layout (layout dense)")
+
     return make_mlp(cfg, info["n_train_max"])
 
 
@@ -57,9 +69,12 @@ SOLVERS = {
 
 
 def make_solver(cfg, info) -> Solver:
+    layout = getattr(cfg, "layout", "auto")
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; known: {', '.join(LAYOUTS)}")
     if cfg.solver not in SOLVERS:
         raise ValueError(f"unknown solver {cfg.solver!r}; known: {', '.join(sorted(SOLVERS))}")
     return SOLVERS[cfg.solver](cfg, info)
 
 
-__all__ = ["Solver", "SOLVERS", "make_solver"]
+__all__ = ["Solver", "SOLVERS", "make_solver", "LAYOUTS", "METHODS", "DAMPINGS", "LINEAR_SOLVERS", "SCHUR_PRECISIONS"]

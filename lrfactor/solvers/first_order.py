@@ -33,8 +33,7 @@ import optax
 import optax.contrib
 
 from lrfactor import factors as fac
-from lrfactor import losses
-from lrfactor.problems import Problem
+from lrfactor import layout, losses
 from lrfactor.solvers.base import Solver
 
 
@@ -87,20 +86,23 @@ def end_of_epoch(cb: KerasCallbacks, plateau, params, best_params, loss, val_los
     return KerasCallbacks(pstate, best_loss, wait, cb.epoch + 1), best_params, params, done
 
 
-def shuffled_batches(key, train_mask, n_batches: int, batch_size: int):
+def shuffled_batches(key, problem, n_batches: int, batch_size: int):
     """A random order of the training entries cut into ``n_batches`` minibatches.
 
-    Returns flat indices (n_batches, batch_size) and a validity mask: entries
+    Returns (rows, cols, values, valid), each (n_batches, batch_size): entries
     past the seed's number of training entries are padding (the last batch is
-    partial, as in Keras; an all-padding batch is skipped).
+    partial, as in Keras; an all-padding batch is skipped). The order sorts
+    one U(0, 1) draw per matrix position i·m + j (lrfactor.layout.entry_uniform),
+    so it is the same on either layout.
     """
-    flat = train_mask.reshape(-1)
-    score = jnp.where(flat, jax.random.uniform(key, flat.shape), 2.0)
+    flat = layout.mask(problem).reshape(-1)
+    score = jnp.where(flat, layout.entry_uniform(problem, key, jnp.zeros(()).dtype).reshape(-1), 2.0)
     order = jnp.argsort(score)
     total = n_batches * batch_size
     order = jnp.pad(order, (0, max(0, total - order.shape[0])))[:total]
     valid = jnp.arange(total) < jnp.sum(flat)
-    return order.reshape(n_batches, batch_size), valid.reshape(n_batches, batch_size)
+    shape = (n_batches, batch_size)
+    return tuple(x.reshape(shape) for x in layout.entry_coords(problem, order)) + (valid.reshape(shape),)
 
 
 def make_optimizer(name: str, lr: float, momentum: float = 0.9):
@@ -125,7 +127,7 @@ def make_minibatch_trainer(
     init_params: Callable,
     entry_loss: Callable,  # (params, rows, cols, V, valid) -> sum of squared errors over valid entries (, aux)
     penalty: Callable,  # params -> regularization term added to every batch loss
-    predict: Callable,  # (params, problem) -> (n, m)
+    predict: Callable,  # (params, problem, which) -> entry array (lrfactor/layout.py)
     optimizer,
     n_batches: int,
     batch_size: int,
@@ -144,10 +146,10 @@ def make_minibatch_trainer(
     """
     plateau = plateau_transform(cfg.plateau_factor, cfg.plateau_patience, cfg.plateau_min_delta, base_lr, cfg.min_lr)
 
-    def objective(params, problem: Problem):
-        return jnp.asarray(losses.masked_mse(predict(params, problem), problem.V, problem.train) + penalty(params))
+    def objective(params, problem):
+        return jnp.asarray(layout.masked_mse(problem, predict(params, problem, "train"), "train") + penalty(params))
 
-    def init(params, problem: Problem, key):
+    def init(params, problem, key):
         del problem
         return FirstOrderState(
             params=params,
@@ -160,25 +162,22 @@ def make_minibatch_trainer(
             done=jnp.asarray(False),
         )
 
-    def step(state: FirstOrderState, problem: Problem) -> FirstOrderState:
+    def step(state: FirstOrderState, problem) -> FirstOrderState:
         key, sub = jax.random.split(state.key)
-        m = problem.V.shape[1]
-        idx, valid = shuffled_batches(sub, problem.train, n_batches, batch_size)
+        b_rows, b_cols, b_vals, valid = shuffled_batches(sub, problem, n_batches, batch_size)
         lr = base_lr * state.callbacks.plateau.scale
         hyper = state.opt_state.hyperparams
         opt_state = state.opt_state._replace(
             hyperparams={**hyper, "learning_rate": jnp.asarray(lr, hyper["learning_rate"].dtype)}
         )
-        Vflat = problem.V.reshape(-1)
 
         def batch(carry, xs):
             params, opt_state, loss_sum, count = carry
-            bidx, bvalid = xs
-            rows, cols = bidx // m, bidx % m
+            rows, cols, bv, bvalid = xs
             nb = jnp.sum(bvalid)
 
             def batch_loss(p):
-                out = entry_loss(p, rows, cols, Vflat[bidx], bvalid)
+                out = entry_loss(p, rows, cols, bv, bvalid)
                 if update_state is None:
                     return out / jnp.maximum(nb, 1) + penalty(p)
                 sse, aux = out
@@ -199,10 +198,10 @@ def make_minibatch_trainer(
 
         zero = jnp.zeros((), state.loss.dtype)
         (params, opt_state, loss_sum, count), _ = jax.lax.scan(
-            batch, (state.params, opt_state, zero, zero), (idx, valid)
+            batch, (state.params, opt_state, zero, zero), (b_rows, b_cols, b_vals, valid)
         )
         loss = loss_sum / count
-        val_loss = losses.masked_mse(predict(params, problem), problem.V, problem.val) + penalty(params)
+        val_loss = layout.masked_mse(problem, predict(params, problem, "val"), "val") + penalty(params)
         callbacks, best_params, params, done = end_of_epoch(
             state.callbacks, plateau, params, state.best_params, loss, val_loss,
             cfg.patience, cfg.min_delta, cfg.early_stopping,
@@ -232,7 +231,7 @@ def make_first_order(cfg, n_train_max: int) -> Solver:
         init_params=lambda key, problem: fac.init_factors(key, problem, cfg.rank, cfg.init),
         entry_loss=factor_entry_loss,
         penalty=lambda p: cfg.l2 * losses.l2_penalty(p),
-        predict=lambda p, problem: fac.predict(p),
+        predict=lambda p, problem, which="train": layout.predictions(problem, p, which),
         optimizer=make_optimizer(cfg.optimizer, cfg.lr, cfg.momentum),
         n_batches=n_batches,
         batch_size=cfg.batch_size,

@@ -1,6 +1,6 @@
 """The question's second model: concatenated embeddings → Dense/ELU/BatchNorm stack → exp.
 
-The model (``shared/seed``, the Keras code at its end), for an entry (i, j):
+The model (the Keras code at the end of the question), for an entry (i, j):
 
     x = [P_i ; S_j]                                   P (n, r), S (m, r) embeddings, l2 on both
     x ← BatchNorm(elu(x K_l + b_l))   for each hidden width d_l
@@ -147,9 +147,10 @@ def forward(params: MLPParams, xp, xs, *, valid=None, train: bool = False):
     return pred, (tuple(new_stats) if train else None)
 
 
-def predict(params: MLPParams, problem: Problem):
-    """Dense (n, m) prediction in inference mode (running BatchNorm statistics)."""
-    del problem
+def predict(params: MLPParams, problem: Problem, which: str = "train"):
+    """Dense (n, m) prediction in inference mode (running BatchNorm statistics): an
+    entry array of the dense layout, for either mask (dense problems only)."""
+    del problem, which
     pred, _ = forward(params, params.prod[:, None, :], params.store[None, :, :])
     return pred
 

@@ -1,7 +1,7 @@
 """Classical masked NMF baselines: HALS and Lee–Seung multiplicative updates.
 
 These are what a practitioner would reach for instead of a gradient-based fit
-(DESIGN.md §4). Both work on the non-negative factors W (n × r), H (m × r)
+(docs/design.md). Both work on the non-negative factors W (n × r), H (m × r)
 directly, floored at ε > 0 so that the log-factors ``A = log W``, ``B = log H``
 that every solver reports stay finite. M is the training mask; entries off M
 never enter an update (``jnp.where``, never a product with the mask, so even a
@@ -32,6 +32,9 @@ One ``step`` is one full sweep: every column of W, then every column of H
 (HALS), or W then H (MU). A seed is ``done`` when the relative decrease of its
 loss over a sweep falls to ``ftol`` or below (a stall, or rounding noise at an
 exact fit). Neither method has an L2 term on the log-parameters; ``l2`` must be 0.
+
+Both run on either problem layout through the entry primitives of
+lrfactor/layout.py (E is an entry array; ``M (h_k ∘ h_k)`` a row sum).
 """
 
 from __future__ import annotations
@@ -43,9 +46,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from lrfactor import factors as fac
-from lrfactor import losses
+from lrfactor import layout, losses
 from lrfactor.factors import Factors
-from lrfactor.problems import Problem
 from lrfactor.solvers.base import Solver
 
 
@@ -53,7 +55,7 @@ class HALSState(NamedTuple):
     params: Factors  # log-factors A = log W (n, r), B = log H (m, r)
     W: jax.Array  # (n, r) non-negative factor, entries >= eps
     H: jax.Array  # (m, r) non-negative factor, entries >= eps
-    E: jax.Array  # (n, m) residual M ∘ (V − W Hᵀ), updated in place per column
+    E: jax.Array  # entry array of the residual M ∘ (V − W Hᵀ), updated in place per column
     loss: jax.Array  # () masked MSE at (W, H)
     done: jax.Array  # () bool: relative decrease over the last sweep <= ftol
 
@@ -83,24 +85,25 @@ def _stalled(old, new, ftol: float):
     return ~((old - new) > ftol * jnp.abs(old))
 
 
-def masked_residual(W, H, problem: Problem):
-    """E = M ∘ (V − W Hᵀ), exactly 0 off the training mask."""
-    return jnp.where(problem.train, problem.V - W @ H.T, 0.0)
+def masked_residual(W, H, problem):
+    """E = M ∘ (V − W Hᵀ), exactly 0 off the training entries (an entry array)."""
+    return jnp.where(layout.mask(problem), layout.values(problem) - layout.entry_products(problem, W, H), 0.0)
 
 
-def hals_half_sweep(W, H, E, mask, eps: float):
+def hals_half_sweep(W, H, E, problem, eps: float):
     """Update every column of W in turn (H, E given, E = M ∘ (V − W Hᵀ)).
 
     Returns the new (W, E). The H half-sweep is the same call on the transposes.
     """
+    mask = layout.mask(problem)
     Mf = mask.astype(W.dtype)
 
     def column(carry, k):
         W, E = carry
         w = jax.lax.dynamic_index_in_dim(W, k, axis=1, keepdims=False)  # (n,)
         h = jax.lax.dynamic_index_in_dim(H, k, axis=1, keepdims=False)  # (m,)
-        new = jnp.maximum(eps, w + (E @ h) / (Mf @ (h * h)))
-        E = E - jnp.where(mask, (new - w)[:, None] * h[None, :], 0.0)
+        new = jnp.maximum(eps, w + layout.row_sums(problem, E, h) / layout.row_sums(problem, Mf, h * h))
+        E = E - jnp.where(mask, layout.entry_products(problem, new - w, h), 0.0)
         W = jax.lax.dynamic_update_index_in_dim(W, new, k, axis=1)
         return (W, E), None
 
@@ -116,21 +119,22 @@ def make_hals(*, rank: int, loss: str = "frobenius", init: str = "keras", eps: f
         raise ValueError(f"hals minimises the masked MSE only (loss frobenius), got loss {loss!r}; use mu for kl")
     scheme = init
 
-    def objective(params: Factors, problem: Problem):
+    def objective(params: Factors, problem):
         return losses.train_mse(params, problem)
 
-    def init_state(params: Factors, problem: Problem, key):
+    def init_state(params: Factors, problem, key):
         del key
         W, H = _start(params, eps)
         E = masked_residual(W, H, problem)
-        loss = jnp.sum(E**2) / jnp.sum(problem.train)
+        loss = jnp.sum(E**2) / layout.count(problem)
         return HALSState(fac.from_nonneg(W, H), W, H, E, loss, jnp.asarray(False))
 
-    def step(state: HALSState, problem: Problem) -> HALSState:
-        W, E = hals_half_sweep(state.W, state.H, state.E, problem.train, eps)
-        H, Et = hals_half_sweep(state.H, W, E.T, problem.train.T, eps)
-        E = Et.T
-        loss = jnp.sum(E**2) / jnp.sum(problem.train)
+    def step(state: HALSState, problem) -> HALSState:
+        W, E = hals_half_sweep(state.W, state.H, state.E, problem, eps)
+        pt = layout.transpose(problem)
+        H, Et = hals_half_sweep(state.H, W, layout.transpose_entries(problem, E), pt, eps)
+        E = layout.transpose_entries(pt, Et)
+        loss = jnp.sum(E**2) / layout.count(problem)
         done = _stalled(state.loss, loss, ftol)
         return HALSState(fac.from_nonneg(W, H), W, H, E, loss, done)
 
@@ -139,7 +143,7 @@ def make_hals(*, rank: int, loss: str = "frobenius", init: str = "keras", eps: f
         init_params=lambda key, problem: fac.init_factors(key, problem, rank, scheme),
         init=init_state,
         step=step,
-        predict=lambda p, problem: fac.predict(p),
+        predict=lambda p, problem, which="train": layout.predictions(problem, p, which),
         objective=objective,
         extras=(("at_floor", lambda s: _floor_fraction(s.W, s.H, eps)),),
     )
@@ -150,15 +154,17 @@ def _floor_fraction(W, H, eps):
     return (jnp.sum(W <= eps) + jnp.sum(H <= eps)) / (W.size + H.size)
 
 
-def mu_update(W, H, V, mask, loss: str, eps: float):
-    """One multiplicative update of W with H fixed (transpose everything for H)."""
-    P = W @ H.T
+def mu_update(W, H, problem, loss: str, eps: float):
+    """One multiplicative update of W with H fixed (the transposed problem for H)."""
+    V, mask = layout.values(problem), layout.mask(problem)
+    P = layout.entry_products(problem, W, H)
+    rs = lambda F: layout.row_sums(problem, F, H)
     if loss == "frobenius":
-        num = jnp.where(mask, V, 0.0) @ H
-        den = jnp.where(mask, P, 0.0) @ H
+        num = rs(jnp.where(mask, V, 0.0))
+        den = rs(jnp.where(mask, P, 0.0))
     elif loss == "kl":
-        num = jnp.where(mask, V / jnp.where(mask, P, 1.0), 0.0) @ H
-        den = mask.astype(W.dtype) @ H
+        num = rs(jnp.where(mask, V / jnp.where(mask, P, 1.0), 0.0))
+        den = rs(mask.astype(W.dtype))
     else:
         raise ValueError(f"unknown loss {loss!r}; known: {', '.join(losses.LOSSES)}")
     return jnp.maximum(eps, W * num / den)
@@ -172,23 +178,20 @@ def make_mu(*, rank: int, loss: str = "frobenius", init: str = "keras", eps: flo
         raise ValueError(f"unknown loss {loss!r}; known: {', '.join(losses.LOSSES)}")
     scheme = init
 
-    def objective(params: Factors, problem: Problem):
+    def objective(params: Factors, problem):
         return losses.objective(params, problem, loss)
 
     def _loss_nonneg(W, H, problem):
-        pred = W @ H.T
-        if loss == "frobenius":
-            return losses.masked_mse(pred, problem.V, problem.train)
-        return losses.kl_divergence(pred, problem)
+        return losses.data_loss(layout.entry_products(problem, W, H), problem, loss)
 
-    def init_state(params: Factors, problem: Problem, key):
+    def init_state(params: Factors, problem, key):
         del key
         W, H = _start(params, eps)
         return MUState(fac.from_nonneg(W, H), W, H, _loss_nonneg(W, H, problem), jnp.asarray(False))
 
-    def step(state: MUState, problem: Problem) -> MUState:
-        W = mu_update(state.W, state.H, problem.V, problem.train, loss, eps)
-        H = mu_update(state.H, W, problem.V.T, problem.train.T, loss, eps)
+    def step(state: MUState, problem) -> MUState:
+        W = mu_update(state.W, state.H, problem, loss, eps)
+        H = mu_update(state.H, W, layout.transpose(problem), loss, eps)
         new = _loss_nonneg(W, H, problem)
         return MUState(fac.from_nonneg(W, H), W, H, new, _stalled(state.loss, new, ftol))
 
@@ -197,7 +200,7 @@ def make_mu(*, rank: int, loss: str = "frobenius", init: str = "keras", eps: flo
         init_params=lambda key, problem: fac.init_factors(key, problem, rank, scheme),
         init=init_state,
         step=step,
-        predict=lambda p, problem: fac.predict(p),
+        predict=lambda p, problem, which="train": layout.predictions(problem, p, which),
         objective=objective,
         extras=(("at_floor", lambda s: _floor_fraction(s.W, s.H, eps)),),
     )

@@ -1,0 +1,97 @@
+"""Row/column block algebra of the Gauss-Newton matrix of log-parameterized NMF.
+
+With W = exp(X) (n × r), H = exp(Y) (m × r), the prediction P_ij = W_i · H_j
+and u_ij = W_i ∘ H_j = ∂P_ij/∂X_i = ∂P_ij/∂Y_j. For a loss Σ_Ω φ(P_ij, V_ij)
+with ψ = ∂φ/∂P and Gauss-Newton (Fisher) weight ω (both entry arrays, zero
+off the training entries):
+
+    g_X[i] = Σ_j ψ_ij u_ij + 2·pen·X_i           g_Y[j] = Σ_i ψ_ij u_ij + 2·pen·Y_j
+    U_i    = Σ_j ω_ij u_ij u_ijᵀ  (n, r, r)       S_j    = Σ_i ω_ij u_ij u_ijᵀ  (m, r, r)
+    C_ij   = ω_ij u_ij u_ijᵀ (the coupling; never formed)
+    J v    = (W∘v_X) Hᵀ + W (H∘v_Y)ᵀ at the entries
+    (C y)_i  = W_i ∘ Σ_j ω_ij (W_i · (H_j ∘ y_j)) H_j
+    (Cᵀ x)_j = H_j ∘ Σ_i ω_ij ((W_i ∘ x_i) · H_j) W_i
+
+Every sum runs through the entry primitives of lrfactor/layout.py, so each
+function works on dense masks and on coordinate lists alike (``prob`` is the
+problem oriented as X, Y are: transposed when the columns are eliminated).
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from lrfactor import layout
+
+
+def psi_omega(P, V, mask, loss: str):
+    """ψ = ∂φ/∂P and the Gauss-Newton (Fisher) weight ω, both 0 off the mask.
+
+    frobenius φ = ½(P − V)²: ψ = P − V, ω = 1; kl φ = P − V log P: ψ = 1 − V/P,
+    ω = 1/P (Fisher scoring: the expected Hessian under the Poisson model)."""
+    if loss == "frobenius":
+        return jnp.where(mask, P - V, 0.0), mask.astype(P.dtype)
+    Ps = jnp.where(mask, P, 1.0)
+    return jnp.where(mask, 1.0 - V / Ps, 0.0), jnp.where(mask, 1.0 / Ps, 0.0)
+
+
+def gradient(prob, W, H, psi, X, Y, pen):
+    """(g_X, g_Y)."""
+    return layout.row_sums(prob, psi, H) * W + 2 * pen * X, layout.col_sums(prob, psi, W) * H + 2 * pen * Y
+
+
+def normal_blocks(prob, W, H, omega):
+    """Diagonal blocks of JᵀΩJ: U_i (n, r, r) and S_j (m, r, r)."""
+    U = layout.row_gram(prob, omega, H) * W[:, :, None] * W[:, None, :]
+    S = layout.col_gram(prob, omega, W) * H[:, :, None] * H[:, None, :]
+    return U, S
+
+
+def jvp(prob, W, H, vX, vY):
+    """J v = (W∘v_X) Hᵀ + W (H∘v_Y)ᵀ at the training entries (an entry array)."""
+    return layout.entry_products(prob, W * vX, H) + layout.entry_products(prob, W, H * vY)
+
+
+def couple(prob, W, H, omega, y):
+    """C y (n, r)."""
+    return layout.row_sums(prob, omega * layout.entry_products(prob, W, H * y), H) * W
+
+
+def couple_t(prob, W, H, omega, x):
+    """Cᵀ x (m, r)."""
+    return layout.col_sums(prob, omega * layout.entry_products(prob, W * x, H), W) * H
+
+
+def gn_matvec(prob, W, H, omega, dX, dY, vX, vY):
+    """(JᵀΩJ + diag(dX, dY)) v, matrix-free, O(|Ω| r)."""
+    Jv = omega * jvp(prob, W, H, vX, vY)
+    return layout.row_sums(prob, Jv, H) * W + dX * vX, layout.col_sums(prob, Jv, W) * H + dY * vY
+
+
+def add_diag(blocks, d):
+    """blocks + diag(d) for a batch of r × r blocks and d (…, r)."""
+    r = blocks.shape[-1]
+    return blocks + d[..., :, None] * jnp.eye(r, dtype=blocks.dtype)
+
+
+def block_apply(M, x):
+    """M_i x_i for blocks M (k, r, r) and x (k, r)."""
+    return jnp.einsum("iab,ib->ia", M, x)
+
+
+def chol_apply(Linv, b):
+    """(L Lᵀ)⁻¹ b = L⁻ᵀ (L⁻¹ b), block by block, from the inverses L⁻¹ of Cholesky factors."""
+    return jnp.einsum("iba,ib->ia", Linv, jnp.einsum("iab,ib->ia", Linv, b))
+
+
+def jacobi_blocks(prob, W, H, omega, Uinv, Sd):
+    """Diagonal blocks of the reduced matrix R = S' − Cᵀ U'⁻¹ C, (m, r, r):
+
+        R_jj = S'_j − Σ_i ω_ij² (u_ijᵀ U'_i⁻¹ u_ij) u_ij u_ijᵀ
+             = S'_j − (Σ_i q_ij W_i W_iᵀ) ∘ H_j H_jᵀ,   q_ij = ω_ij² H_jᵀ (U'_i⁻¹ ∘ W_i W_iᵀ) H_j
+
+    (C_ij = ω_ij u_ij u_ijᵀ has rank one, so each entry contributes one scalar).
+    Ceres' SCHUR_JACOBI preconditioner.
+    """
+    q = omega**2 * layout.entry_quad(prob, Uinv * W[:, :, None] * W[:, None, :], H)
+    return Sd - layout.col_gram(prob, q, W) * H[:, :, None] * H[:, None, :]

@@ -237,7 +237,7 @@ def part_flagship(a, S: Setup) -> dict:
                   flush=True)
     rec = {"solver": "lrfactor gauss_newton (joint LM, Levenberg λI, Nielsen, exact Schur, " + S.cfg.schur_precision
                      + (", backtracking" if S.cfg.backtrack else "") + ")",
-           "settings": {k: getattr(S.cfg, k) for k in ("method", "damping", "lambda0", "lm_update", "ftol",
+           "settings": {k: getattr(S.cfg, k) for k in ("damping", "lambda0", "ftol",
                                                         "gtol", "xtol", "schur_precision", "refine", "backtrack",
                                                         "restarts")},
            "compile_s": compile_s, "step_bytes": compiled_bytes(compiled), "accepted": n_acc,

@@ -61,18 +61,7 @@ def run_config(cfg: LargeConfig, n: int, m: int, out: str):
                     n=n, m=m, true_rank=cfg.true_rank, decay=cfg.decay, observed=cfg.observed,
                     lambda0=cfg.lambda0, precision=64, ftol=0.0, gtol=0.0, xtol=0.0, restarts=0, out=out,
                     layout="coo", linear_solver="schur_pcg", cg_iters=cfg.cg_iters, cg_tol=cfg.cg_tol)
-    base = RunConfig
-    if not {"layout", "linear_solver", "cg_iters", "cg_tol"} <= {f.name for f in dataclasses.fields(RunConfig)}:
-        # A run configuration without the layout settings yet: add them.
-        @dataclasses.dataclass(frozen=True)
-        class WithLayout(RunConfig):
-            layout: str = "auto"
-            linear_solver: str = "auto"
-            cg_iters: int = 100
-            cg_tol: float = 1e-2
-
-        base = WithLayout
-    return resolve(base(**settings))
+    return resolve(RunConfig(**settings))
 
 
 def run_one(cfg: LargeConfig, n: int, m: int) -> dict:

@@ -13,7 +13,7 @@ message. :func:`check_paths` does the file-system checks (data file readable,
 output folder writable and not an existing run).
 
 Allowed values of the solvers' choices are read from the modules that
-implement them (``lrfactor.solvers.gauss_newton.METHODS``,
+implement them (``lrfactor.solvers.gauss_newton.DAMPINGS``,
 ``lrfactor.losses.LOSSES``, ``lrfactor.factors.INITS``, ...), so the config
 never offers a value the code does not have.
 """
@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from typing import ClassVar, Optional
+from typing import Optional
 
 SCHEMA = 2  # version of the config.json record; see lrfactor.experiment.load_config
 
@@ -79,17 +79,15 @@ class RunConfig:
     plateau_factor: float = 0.1  # ReduceLROnPlateau factor
     min_lr: float = 1e-4  # ReduceLROnPlateau min_lr (at most lr: the rate never rises)
     # Gauss-Newton / Levenberg-Marquardt.
-    method: str = "joint"  # joint (joint LM on A and B) or varpro (variable projection: rows re-solved after each step)
     damping: str = "levenberg"  # levenberg (λI) or marquardt (λ·diag JᵀJ, floored and capped)
     lambda0: float = 1e-3  # initial damping, relative to the mean diagonal of JᵀJ
-    inner: int = 3  # Gauss-Newton iterations for the re-solved rows (method varpro)
     linear_solver: str = "auto"  # the damped system: dense_schur (Cholesky of the reduced system), schur_pcg (block-Jacobi CG on it), auto (by size)
     cg_iters: int = 100  # most CG iterations per step (schur_pcg)
     cg_tol: float = 1e-2  # CG stops when the residual falls below this times the right-hand side (schur_pcg)
     schur_precision: str = "mixed"  # mixed: reduced system factored in float32, the step refined in float64 (see refine); full: all float64
     refine: int = 1  # float64 refinement steps of the float32-factored solve (schur_precision mixed)
     max_step: float = 0.0  # cap on max|Δ| of a Gauss-Newton step in log space, direction kept (0: no cap)
-    backtrack: Optional[bool] = None  # on a rejected step, take the best of 1/2, 1/4, 1/8 of it if that passes the gain test; default on (method joint only)
+    backtrack: bool = True  # on a rejected step, take the best of 1/2, 1/4, 1/8 of it if that passes the gain test
     restarts: int = 2  # when a run stops or stalls, restart from the same blind start with another damping schedule, keep the best
     ftol: float = 1e-10  # stop when the relative decrease of the objective over an accepted step (a sweep for hals/mu) is below this
     gtol: float = 1e-12  # stop when max|gradient| falls below this times the objective's scale
@@ -107,13 +105,6 @@ class RunConfig:
     chunk: int = 0  # steps per compiled chunk between checkpoints; 0 = automatic
     out: Optional[str] = None  # output folder (new or empty); default a new folder under results/
 
-    # No longer settings: the Gauss-Newton factory still takes these arguments,
-    # pinned here to the values that switch the features off.
-    geodesic: ClassVar[bool] = False
-    newton_iters: ClassVar[int] = 0
-    lm_update: ClassVar[str] = "nielsen"
-    lam_down: ClassVar[float] = 0.2
-
 
 DEFAULTS = RunConfig()
 FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig))
@@ -130,38 +121,22 @@ def flag(name: str) -> str:
 # ---------------------------------------------------------------------------
 # Allowed values, read from the modules that implement them.
 
-def _constant(module: str, name: str, fallback: tuple) -> tuple:
-    """``module.name`` when the module defines it, else ``fallback`` (the values today's code has)."""
-    import importlib
-
-    return tuple(getattr(importlib.import_module(module), name, fallback))
-
-
-# Values the solver modules may still list but the program no longer offers.
-WITHDRAWN = {"method": ("joint_epi",), "damping": ("sqrt",)}
-
-
 def choices() -> dict:
-    """Allowed values of every enumerated setting."""
-    from lrfactor import factors, losses
-    from lrfactor.solvers import SOLVERS
+    """Allowed values of every enumerated setting, read from the modules that implement them."""
+    from lrfactor import factors, layout, losses
+    from lrfactor.solvers import SOLVERS, gauss_newton, linear, mlp
 
-    gn = "lrfactor.solvers.gauss_newton"
-    out = {
+    return {
         "solver": tuple(sorted(SOLVERS)),
         "loss": tuple(losses.LOSSES),
         "init": tuple(factors.INITS),
         "precision": (32, 64),
-        "method": _constant(gn, "METHODS", ("joint", "varpro")),
-        "damping": _constant(gn, "DAMPINGS", ("levenberg", "marquardt")),
-        "schur_precision": _constant(gn, "SCHUR_PRECISIONS", ("full", "mixed")),
-        # Until a layout or linear solver module lists more, only the values
-        # naming what the code does (dense masks, a dense Schur Cholesky).
-        "linear_solver": _constant(gn, "LINEAR_SOLVERS", ("auto", "dense_schur")),
-        "layout": _constant("lrfactor.problems", "LAYOUTS", ("auto", "dense")),
-        "mlp_dims": _constant("lrfactor.solvers.mlp", "DIMS", ("log", "linear")),
+        "damping": tuple(gauss_newton.DAMPINGS),
+        "schur_precision": tuple(gauss_newton.SCHUR_PRECISIONS),
+        "linear_solver": tuple(linear.LINEAR_SOLVERS),
+        "layout": tuple(layout.LAYOUTS),
+        "mlp_dims": tuple(mlp.DIMS),
     }
-    return {k: tuple(v for v in vals if v not in WITHDRAWN.get(k, ())) for k, vals in out.items()}
 
 
 def restarts_max() -> int:
@@ -207,10 +182,8 @@ USES = {
     "plateau_min_delta": MINIBATCH,
     "plateau_factor": MINIBATCH,
     "min_lr": MINIBATCH,
-    "method": GN,
     "damping": GN,
     "lambda0": GN,
-    "inner": GN,
     "linear_solver": GN,
     "cg_iters": GN,
     "cg_tol": GN,
@@ -258,8 +231,6 @@ def unused_reason(name: str, cfg: RunConfig, known: Optional[dict] = None) -> Op
         return "early stopping is off (--no-early-stopping)"
     if name in ("lanczos_steps", "slq_probes") and not cfg.hessian_every:
         return "Hessian tracing is off (--hessian-every 0)"
-    if name == "inner" and cfg.method != "varpro":
-        return "only --method varpro re-solves rows"
     if name == "refine" and cfg.schur_precision != "mixed":
         return "only --schur-precision mixed refines its solve"
     if name in ("cg_iters", "cg_tol"):
@@ -313,13 +284,13 @@ def _in(lo=None, hi=None, lo_open=False, hi_open=False, text=None):
 
 U32 = 2**32
 INTS = ("seeds", "seed", "steps", "rank", "precision", "split_seed", "n", "m", "true_rank", "batch_size", "patience",
-        "plateau_patience", "inner", "cg_iters", "refine", "restarts", "mlp_steps", "hessian_every", "lanczos_steps",
+        "plateau_patience", "cg_iters", "refine", "restarts", "mlp_steps", "hessian_every", "lanczos_steps",
         "slq_probes", "chunk")
 FLOATS = ("l2", "val_fraction", "decay", "observed", "noise", "lr", "momentum", "min_delta", "plateau_min_delta",
           "plateau_factor", "min_lr", "lambda0", "cg_tol", "max_step", "ftol", "gtol", "xtol", "eps")
 BOOLS = ("early_stopping", "backtrack")
 STRINGS = ("solver", "loss", "init", "data", "layout", "row_key", "col_key", "value_key", "split_key", "predict",
-           "optimizer", "method", "damping", "linear_solver", "schur_precision", "mlp_dims", "out")
+           "optimizer", "damping", "linear_solver", "schur_precision", "mlp_dims", "out")
 
 RANGES = {
     "seeds": _in(0),  # 0 = the solver's default
@@ -347,7 +318,6 @@ RANGES = {
     "plateau_factor": _in(0, 1, lo_open=True, hi_open=True),
     "min_lr": _in(0),
     "lambda0": _in(0, lo_open=True),  # λ is updated multiplicatively: 0 stays 0 and the step is singular (gauge)
-    "inner": _in(1),
     "cg_iters": _in(1),
     "cg_tol": _in(0, 1, lo_open=True, hi_open=True),
     "refine": _in(0),
@@ -435,8 +405,6 @@ def _show(v) -> str:
 def _combinations(cfg: RunConfig, known: dict) -> None:
     if cfg.data is None and cfg.rank > min(cfg.n, cfg.m):
         raise ConfigError(f"--rank {cfg.rank} must be between 1 and min(n, m) = {min(cfg.n, cfg.m)}")
-    if cfg.solver == "gauss_newton" and cfg.backtrack and cfg.method != "joint":
-        raise ConfigError(f"--backtrack needs --method joint (the step of {cfg.method} re-solves rows after it)")
     if cfg.solver in MINIBATCH and cfg.lr is not None and cfg.min_lr > cfg.lr:
         raise ConfigError(f"--min-lr {cfg.min_lr:g} is above --lr {cfg.lr:g}: give --min-lr at most the learning "
                           f"rate (ReduceLROnPlateau only lowers the rate)")
@@ -478,8 +446,6 @@ def resolve(cfg: RunConfig) -> RunConfig:
         upd["optimizer"] = _optimizer(cfg)
     if cfg.lr is None and s in USES["lr"]:
         upd["lr"] = _default_lr(s)
-    if cfg.backtrack is None and s in USES["backtrack"]:
-        upd["backtrack"] = cfg.method == "joint"
     if cfg.chunk == 0:
         steps = upd.get("steps", cfg.steps)
         k = cfg.hessian_every or {"gauss_newton": 10, "hals": 250, "mu": 250}.get(s, 100)

@@ -66,7 +66,7 @@ def prepare(cfg: RunConfig, seeds=None) -> Prepared:
     pad = (-len(seeds)) % jax.local_device_count()
     keys = seed_keys(seeds + seeds[-1:] * pad)
     dtype = jnp.float64 if cfg.precision == 64 else jnp.float32
-    setting = getattr(cfg, "layout", "auto")
+    setting = cfg.layout
     if cfg.data:
         problem, truth = load_npz(cfg.data, cfg.rank)
         kind = _layout(cfg, setting, *layout.shape(problem))
@@ -170,7 +170,7 @@ def _oracle(prep: Prepared, iters: int) -> dict:
     from lrfactor.solvers.gauss_newton import make_gauss_newton
 
     # Plain LM from a good start, float64, no backtracking or restarts.
-    solver = make_gauss_newton(loss="frobenius", l2=0.0, rank=prep.cfg.rank, method="joint", damping="levenberg",
+    solver = make_gauss_newton(loss="frobenius", l2=0.0, rank=prep.cfg.rank, damping="levenberg",
                                lambda0=1e-6, ftol=1e-10, gtol=1e-12, xtol=1e-10, schur_precision="full",
                                max_step=0.0, backtrack=False, restarts=0, cg_iters=250, cg_tol=1e-6)
     ax = prep.problem_axis
@@ -352,7 +352,8 @@ def execute(cfg: RunConfig, out: str, *, resume: bool = False, progress: bool = 
 
 # Settings that records of schema 1 may hold and the program no longer has,
 # with the value under which they changed nothing.
-RETIRED = {"geodesic": False, "newton_iters": 0, "lm_update": "nielsen", "lam_down": None}
+RETIRED = {"geodesic": False, "newton_iters": 0, "lm_update": "nielsen", "lam_down": None,
+           "method": "joint", "inner": None}
 # Settings new in schema 2 and the values that say what runs of schema 1 did:
 # dense masks, the dense Schur solve. (Schema 1 records may carry a
 # linear_solver or cg_iters of their own: the run path never read them.)
@@ -395,13 +396,13 @@ def _honour(saved: dict, schema: int) -> RunConfig:
         probe = RunConfig(**{k: v for k, v in saved.items() if k in config_mod.FIELDS})
     except TypeError as e:
         raise ConfigError(f"not a readable run config ({e})") from None
+    for name, off in RETIRED.items():
+        if name in saved and off is not None and saved[name] != off and saved.get("solver") == "gauss_newton":
+            raise ConfigError(f"the run used {name}={saved[name]!r}, which this version no longer has")
     if schema == 1:
-        for name, off in RETIRED.items():
-            if name in saved and off is not None and saved[name] != off and saved.get("solver") == "gauss_newton":
-                raise ConfigError(f"the run used {name}={saved[name]!r}, which this version no longer has")
         saved = {**saved, **SCHEMA_2_FILL}
         probe = dataclasses.replace(probe, **SCHEMA_2_FILL)
-    unknown = sorted(set(saved) - set(config_mod.FIELDS) - (set(RETIRED) if schema == 1 else set()))
+    unknown = sorted(set(saved) - set(config_mod.FIELDS) - set(RETIRED))
     if unknown:
         raise ConfigError(f"unknown settings {', '.join(unknown)}")
     config_mod.check_types(probe)

@@ -1,6 +1,5 @@
 """Small problems shared by the tests."""
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -26,15 +25,6 @@ def to_float32(tree):
     return jax.tree.map(lambda x: x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
 
-# The layout settings, for a run configuration of a RunConfig that does not carry them yet.
-@dataclasses.dataclass(frozen=True)
-class LayoutConfig(RunConfig):
-    layout: str = "auto"  # auto | dense | coo
-    linear_solver: str = "auto"  # auto | dense_schur | schur_pcg
-    cg_iters: int = 100  # PCG iteration cap
-    cg_tol: float = 1e-2  # PCG relative residual
-
-
 def layout_config(**kw):
-    """A resolved run configuration with the layout settings."""
-    return resolve(LayoutConfig(**kw))
+    """A resolved run configuration."""
+    return resolve(RunConfig(**kw))

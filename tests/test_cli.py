@@ -56,7 +56,7 @@ def _bad_inputs(tmp_path):
         "negative seed": (["--seed", "-3"], "--seed must be in [0, 2**32), got -3"),
         "adam with kl": (["--solver", "adam", "--loss", "kl"], "--loss kl has no effect here: the adam solver"),
         "hals with lambda0": (["--solver", "hals", "--lambda0", "1"], "--lambda0 1.0 has no effect here"),
-        "withdrawn method": (["--method", "joint_epi"], "unknown method 'joint_epi'"),
+        "withdrawn method": (["--method", "joint_epi"], "unrecognized arguments: --method"),
         "unreadable file": (["--data", str(garbage)], "not a readable"),
         "directory as data": (["--data", str(dirnpz)], "is a directory, not a data file"),
         "unknown data type": (["--data", str(a_file)], "unknown file type; expected .npz, .csv, .parquet"),

@@ -21,8 +21,8 @@ OTHER = {
     "value_key": "sales", "split_key": "split", "val_fraction": 0.3, "split_seed": 4, "predict": "missing",
     "n": 50, "m": 20, "true_rank": 5, "decay": 1.0, "observed": 0.3, "noise": 0.1, "optimizer": "rmsprop",
     "lr": 0.5, "momentum": 0.5, "batch_size": 64, "early_stopping": False, "patience": 5, "min_delta": 0.5,
-    "plateau_patience": 5, "plateau_min_delta": 0.5, "plateau_factor": 0.5, "min_lr": 1e-5, "method": "varpro",
-    "damping": "marquardt", "lambda0": 0.5, "inner": 5, "linear_solver": "dense_schur", "cg_iters": 5,
+    "plateau_patience": 5, "plateau_min_delta": 0.5, "plateau_factor": 0.5, "min_lr": 1e-5,
+    "damping": "marquardt", "lambda0": 0.5, "linear_solver": "dense_schur", "cg_iters": 5,
     "cg_tol": 0.5, "schur_precision": "full", "refine": 2, "max_step": 1.0, "backtrack": False, "restarts": 1,
     "ftol": 1e-5, "gtol": 1e-5, "xtol": 1e-5, "eps": 1e-6, "mlp_steps": 1, "mlp_dims": "linear",
     "hessian_every": 5, "lanczos_steps": 10, "slq_probes": 2, "chunk": 3, "out": "somewhere",
@@ -37,8 +37,6 @@ def applies(name):
         kw["data"] = "x.csv"
     if name in ("lanczos_steps", "slq_probes"):
         kw["hessian_every"] = 5
-    if name == "inner":
-        kw.update(method="varpro")
     if name in ("val_fraction", "split_seed"):
         kw["split_key"] = None
     if name in ("n", "m", "true_rank"):
@@ -66,7 +64,6 @@ def test_resolve_fills_per_solver_defaults():
     adam = C.resolve(RunConfig(solver="adam"))
     assert (adam.seeds, adam.steps, adam.precision, adam.l2, adam.lr, adam.optimizer) == (10, 10000, 32, 1e-6, 1e-3, "adam")
     assert C.resolve(RunConfig(solver="mlp")).optimizer == "adam"
-    assert C.resolve(RunConfig(method="varpro")).backtrack is False  # backtracking is for joint steps only
 
 
 @pytest.mark.parametrize("name", sorted(n for n in C.FIELDS if n in C.USES))
@@ -97,14 +94,12 @@ def test_setting_where_it_applies_is_accepted(name):
     ({"solver": "adam", "momentum": 0.5}, "only the sgd optimizer uses it"),
     ({"solver": "adam", "early_stopping": False, "patience": 3}, "early stopping is off"),
     ({"lanczos_steps": 10}, "Hessian tracing is off"),
-    ({"inner": 5}, "only --method varpro"),
     ({"schur_precision": "full", "refine": 2}, "only --schur-precision mixed"),
-    ({"cg_iters": 5}, "CG"),
+    ({"linear_solver": "dense_schur", "cg_iters": 5}, "CG"),
     ({"data": "x.npz", "n": 30}, "--data replaces that problem"),
     ({"row_key": "a"}, "long-format tables only"),
     ({"data": "x.npz", "predict": "missing"}, "long-format tables only"),
     ({"data": "x.csv", "split_key": "s", "val_fraction": 0.3}, "--split-key gives the split"),
-    ({"method": "varpro", "backtrack": True}, "--backtrack needs --method joint"),
     ({"solver": "adam", "lr": 1e-5}, "--min-lr 0.0001 is above --lr 1e-05"),
     ({"solver": "sgd", "min_lr": 0.1}, "above the default --lr 0.01"),
     ({"n": 6, "m": 4, "rank": 5}, r"--rank 5 must be between 1 and min\(n, m\) = 4"),
@@ -124,7 +119,7 @@ EDGES = {
     "decay": (-0.5, 0.0), "observed": (0.0, 0.99), "noise": (-0.1, 0.0), "lr": (0.0, 1e-3),
     "momentum": (1.0, 0.0), "batch_size": (0, 1), "patience": (0, 1), "min_delta": (-0.1, 0.0),
     "plateau_patience": (0, 1), "plateau_min_delta": (0.0, 1e-9), "plateau_factor": (1.0, 0.99),
-    "min_lr": (-1e-9, 0.0), "lambda0": (0.0, 1e-12), "inner": (0, 1), "cg_iters": (0, 1), "cg_tol": (1.0, 0.99),
+    "min_lr": (-1e-9, 0.0), "lambda0": (0.0, 1e-12), "cg_iters": (0, 1), "cg_tol": (1.0, 0.99),
     "refine": (-1, 0), "max_step": (-1.0, 0.0), "ftol": (-1.0, 0.0), "gtol": (-1.0, 0.0), "xtol": (-1.0, 0.0),
     "eps": (0.0, 1e-30), "mlp_steps": (-1, 0), "hessian_every": (-1, 0), "lanczos_steps": (1, 2),
     "slq_probes": (0, 1), "chunk": (-1, 0), "precision": (16, 32), "restarts": (C.restarts_max() + 1, C.restarts_max()),
@@ -173,16 +168,10 @@ def test_choices_come_from_the_solver_modules(monkeypatch):
         C.validate(RunConfig(loss="kl"))
 
 
-def test_withdrawn_values_refused_even_where_a_module_lists_them(monkeypatch):
-    from lrfactor.solvers import gauss_newton
-
-    monkeypatch.setattr(gauss_newton, "METHODS", ("varpro", "joint", "joint_epi"), raising=False)
-    monkeypatch.setattr(gauss_newton, "DAMPINGS", ("levenberg", "marquardt", "sqrt"), raising=False)
-    for kw in ({"method": "joint_epi"}, {"damping": "sqrt"}):
-        with pytest.raises(ConfigError, match="unknown"):
-            C.validate(RunConfig(**kw))
-    fields = set(C.FIELDS)
-    assert not fields & {"geodesic", "newton_iters", "lm_update", "lam_down"}
+def test_withdrawn_settings_are_gone():
+    with pytest.raises(ConfigError, match="unknown damping 'sqrt'"):
+        C.validate(RunConfig(damping="sqrt"))
+    assert not set(C.FIELDS) & {"geodesic", "newton_iters", "lm_update", "lam_down", "method", "inner"}
 
 
 def test_optimizer_names_are_optax_aliases():
@@ -265,9 +254,9 @@ def test_old_record_with_every_setting_loads(tmp_path):
 
 @pytest.mark.parametrize("change, match", [
     (lambda r: r["config"].update(geodesic=True), "geodesic=True, which this version no longer has"),
-    (lambda r: r["config"].update(method="joint_epi"), "unknown method 'joint_epi'"),
+    (lambda r: r["config"].update(method="joint_epi"), "method='joint_epi', which this version no longer has"),
     (lambda r: r.update(schema=C.SCHEMA + 1), "newer lrfactor"),
-    (lambda r: r.update(schema=C.SCHEMA), "unknown settings geodesic, lam_down, lm_update, newton_iters"),
+    (lambda r: r.update(schema=C.SCHEMA), "saved before layout, linear_solver, cg_iters, cg_tol existed"),
     (lambda r: r["config"].update(rank="eight"), "--rank must be an integer"),
     (lambda r: r["config"].update(lambda0=0.0), "--lambda0 must be > 0"),
 ])

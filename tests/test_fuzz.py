@@ -289,7 +289,7 @@ def test_fuzz_data(case, cut, solver, loss, rank, tmp_path_factory, no_run):
 run_flags = st.lists(st.sampled_from([
     ["--solver", "gauss_newton"], ["--solver", "adam"], ["--solver", "sgd"], ["--solver", "hals"], ["--solver", "mu"],
     ["--solver", "mlp"], ["--loss", "kl"], ["--precision", "32"], ["--precision", "64"], ["--init", "scaled"],
-    ["--method", "varpro"], ["--damping", "marquardt"], ["--no-backtrack"], ["--restarts", "0"],
+    ["--damping", "marquardt"], ["--no-backtrack"], ["--restarts", "0"],
     ["--schur-precision", "full"], ["--max-step", "1"], ["--hessian-every", "1"], ["--lanczos-steps", "2"],
     ["--rank", "1"], ["--rank", "3"], ["--noise", "0.1"], ["--batch-size", "7"], ["--optimizer", "rmsprop"],
     ["--momentum", "0.5"], ["--lr", "0.5"], ["--min-lr", "0"], ["--no-early-stopping"], ["--patience", "1"],

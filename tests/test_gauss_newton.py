@@ -449,7 +449,7 @@ def test_exact_low_rank_fully_observed_is_fitted(dtype, lay, tol):
 
 
 def test_unknown_or_removed_options_are_refused():
-    for kw, msg in ((dict(method="varpro"), "method"), (dict(damping="sqrt"), "damping"),
+    for kw, msg in ((dict(damping="sqrt"), "damping"),
                     (dict(linear_solver="qr"), "linear solver"), (dict(schur_precision="half"), "schur_precision"),
                     (dict(cg_iters=0), "cg_iters"), (dict(loss="huber"), "loss")):
         with pytest.raises(ValueError, match=msg):

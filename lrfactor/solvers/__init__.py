@@ -3,18 +3,13 @@
 ``info`` holds host-side facts about the problem batch that fix static shapes
 (``n_train_max``: the largest training-set size over the seeds; ``layout``:
 ``dense`` or ``coo`` when known).
-
-Settings read here with ``getattr(cfg, name, default)`` (the run configuration
-gains them as fields): ``layout`` (str, lrfactor.layout.LAYOUTS, default
-"auto"), ``linear_solver`` (str, LINEAR_SOLVERS, default "auto"), ``cg_iters``
-(int ≥ 1, default 100), ``cg_tol`` (float > 0, default 1e-2).
 """
 
 from __future__ import annotations
 
 from lrfactor.layout import LAYOUTS
 from lrfactor.solvers.base import Solver
-from lrfactor.solvers.gauss_newton import DAMPINGS, METHODS, SCHUR_PRECISIONS
+from lrfactor.solvers.gauss_newton import DAMPINGS, SCHUR_PRECISIONS
 from lrfactor.solvers.linear import LINEAR_SOLVERS
 
 
@@ -22,10 +17,9 @@ def _gauss_newton(cfg, info):
     from lrfactor.solvers.gauss_newton import make_gauss_newton
 
     return make_gauss_newton(
-        loss=cfg.loss, l2=cfg.l2, rank=cfg.rank, init=cfg.init, method=cfg.method,
+        loss=cfg.loss, l2=cfg.l2, rank=cfg.rank, init=cfg.init,
         damping=cfg.damping, lambda0=cfg.lambda0, ftol=cfg.ftol, gtol=cfg.gtol, xtol=cfg.xtol,
-        linear_solver=getattr(cfg, "linear_solver", "auto"), cg_iters=getattr(cfg, "cg_iters", 100),
-        cg_tol=getattr(cfg, "cg_tol", 1e-2),
+        linear_solver=cfg.linear_solver, cg_iters=cfg.cg_iters, cg_tol=cfg.cg_tol,
         schur_precision=cfg.schur_precision, max_step=cfg.max_step, backtrack=cfg.backtrack, refine=cfg.refine,
         restarts=cfg.restarts,
     )
@@ -52,7 +46,7 @@ def _mu(cfg, info):
 def _mlp(cfg, info):
     from lrfactor.solvers.mlp import make_mlp
 
-    if info.get("layout", getattr(cfg, "layout", "auto")) == "coo":
+    if info.get("layout", cfg.layout) == "coo":
         raise ValueError("the mlp solver predicts the whole n x m matrix: it needs the dense layout (layout dense)")
 
     return make_mlp(cfg, info["n_train_max"])
@@ -69,7 +63,7 @@ SOLVERS = {
 
 
 def make_solver(cfg, info) -> Solver:
-    layout = getattr(cfg, "layout", "auto")
+    layout = cfg.layout
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; known: {', '.join(LAYOUTS)}")
     if cfg.solver not in SOLVERS:
@@ -77,4 +71,4 @@ def make_solver(cfg, info) -> Solver:
     return SOLVERS[cfg.solver](cfg, info)
 
 
-__all__ = ["Solver", "SOLVERS", "make_solver", "LAYOUTS", "METHODS", "DAMPINGS", "LINEAR_SOLVERS", "SCHUR_PRECISIONS"]
+__all__ = ["Solver", "SOLVERS", "make_solver", "LAYOUTS", "DAMPINGS", "LINEAR_SOLVERS", "SCHUR_PRECISIONS"]

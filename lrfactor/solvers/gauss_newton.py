@@ -72,7 +72,6 @@ from lrfactor.solvers.base import Solver
 
 _D = RunConfig()  # the factory's defaults are the command line's
 
-METHODS = ("joint",)
 DAMPINGS = ("levenberg", "marquardt")
 SCHUR_PRECISIONS = ("mixed", "full")
 LINEAR_SOLVERS = linear.LINEAR_SOLVERS
@@ -173,15 +172,14 @@ def make_gauss_newton(
     l2: float = 0.0,  # RunConfig's None resolves to 0 for this solver
     rank: int = _D.rank,
     init: str = _D.init,
-    method: str = _D.method,
     damping: str = _D.damping,
     lambda0: float = _D.lambda0,
     ftol: float = _D.ftol,
     gtol: float = _D.gtol,
     xtol: float = _D.xtol,
-    linear_solver: str = getattr(_D, "linear_solver", "auto"),
-    cg_iters: int = getattr(_D, "cg_iters", 100),
-    cg_tol: float = getattr(_D, "cg_tol", 1e-2),
+    linear_solver: str = _D.linear_solver,
+    cg_iters: int = _D.cg_iters,
+    cg_tol: float = _D.cg_tol,
     schur_precision: str = _D.schur_precision,
     refine: int = _D.refine,
     max_step: float = _D.max_step,
@@ -206,8 +204,6 @@ def make_gauss_newton(
     - ``max_step`` > 0 caps max|Δ| of every log-space step, keeping its direction.
     - ``backtrack``, ``restarts``, ``ftol``/``gtol``/``xtol``: module docstring.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
     if damping not in DAMPINGS:
         raise ValueError(f"unknown damping {damping!r}; known: {', '.join(DAMPINGS)}")
     if schur_precision not in SCHUR_PRECISIONS:

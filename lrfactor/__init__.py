@@ -9,3 +9,14 @@ import os
 # results/README.md). One OpenBLAS thread leaves the parallelism to XLA. An
 # explicit setting is respected, and every run records the value it ran with.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+__all__ = ["fit", "Fit"]
+
+
+def __getattr__(name):
+    # ``lrfactor.fit`` without importing JAX and the table readers on ``import lrfactor``.
+    if name in __all__:
+        from lrfactor import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'lrfactor' has no attribute {name!r}")

@@ -32,6 +32,7 @@ DEFAULT_STEPS = {"adam": 10000, "sgd": 10000, "mlp": 10000, "hals": 2000, "mu": 
 FIRST_ORDER = ("adam", "sgd")
 MINIBATCH = ("adam", "sgd", "mlp")  # Keras-style epoch training through optax
 GN = ("gauss_newton",)
+FACTOR_SOLVERS = ("gauss_newton", "hals", "mu", "adam", "sgd")  # solvers whose parameters are the factors
 TABLE_SUFFIXES = (".csv", ".parquet")  # long-format tables (one line per observed entry)
 DATA_SUFFIXES = (".npz",) + TABLE_SUFFIXES
 
@@ -196,6 +197,7 @@ USES = {
     "gtol": GN,
     "xtol": GN,
     "eps": ("hals", "mu"),
+    "predict": FACTOR_SOLVERS,  # predictions come from the factors W Hᵀ
     "mlp_steps": ("mlp",),
     "mlp_dims": ("mlp",),
 }

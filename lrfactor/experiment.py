@@ -17,11 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from lrfactor import config as config_mod
-from lrfactor import driver, layout, losses, results
+from lrfactor import driver, layout, losses, results, tables
 from lrfactor.config import RunConfig
 from lrfactor.factors import Factors, from_nonneg
-from lrfactor.problems import (CooProblem, Problem, ProblemError, SyntheticConfig, Truth, check_coo, check_problem,
-                               load_npz, make_sparse_synthetic, make_synthetic, reference_scores, stack_coo, to_coo,
+from lrfactor.problems import (Problem, ProblemError, SyntheticConfig, Truth, check_coo, check_problem, from_coo,
+                               make_sparse_synthetic, make_synthetic, reference_scores, stack_coo, to_coo,
                                to_dense)
 from lrfactor.solvers import make_solver
 
@@ -33,6 +33,8 @@ class Prepared(NamedTuple):
     problem_axis: Optional[int]
     truth: Optional[Truth]
     keys: jax.Array  # (S, 2) per-seed base keys
+    table: Optional[tables.Table] = None  # the data's entries and ids, when the data came from a file or an array
+    pairs: Optional[tuple] = None  # (rows, cols) indices to predict after the run (--predict)
 
 
 def synthetic_config(cfg: RunConfig) -> SyntheticConfig:
@@ -44,12 +46,14 @@ def seed_keys(seeds) -> jax.Array:
     return jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds, dtype=jnp.uint32))
 
 
-def prepare(cfg: RunConfig, seeds=None) -> Prepared:
+def prepare(cfg: RunConfig, seeds=None, table: Optional[tables.Table] = None) -> Prepared:
     """Validate the config and build the problem batch. Raises ProblemError / ValueError.
 
     ``seeds``: an explicit list of seeds (not necessarily consecutive) instead
     of ``cfg.seed … cfg.seed + cfg.seeds − 1``; each draws exactly what
-    ``run.py --seed S`` draws.
+    ``run.py --seed S`` draws. ``table``: the data, already read (the Python
+    API passes arrays this way); by default ``cfg.data`` is read with
+    :func:`lrfactor.tables.read_table` (every file format goes through it).
 
     The problem comes in the layout ``cfg.layout`` (lrfactor/layout.py):
     ``dense`` masks, ``coo`` coordinate lists, or ``auto``: dense while n·m ≤
@@ -67,18 +71,24 @@ def prepare(cfg: RunConfig, seeds=None) -> Prepared:
     keys = seed_keys(seeds + seeds[-1:] * pad)
     dtype = jnp.float64 if cfg.precision == 64 else jnp.float32
     setting = cfg.layout
-    if cfg.data:
-        problem, truth = load_npz(cfg.data, cfg.rank)
-        kind = _layout(cfg, setting, *layout.shape(problem))
-        if kind == "coo" and not isinstance(problem, CooProblem):
-            problem = to_coo(problem)
-        elif kind == "dense" and isinstance(problem, CooProblem):
-            problem = to_dense(problem)
-        problem = jax.tree.map(lambda x: jnp.asarray(x, dtype) if np.issubdtype(np.asarray(x).dtype, np.floating)
-                               else jnp.asarray(x), problem)
-        if truth is not None:
-            truth = Truth(jnp.asarray(truth.W, dtype), jnp.asarray(truth.H, dtype))
-        return Prepared(cfg, seeds, problem, None, truth, keys)
+    if cfg.data or table is not None:
+        if table is None:
+            table = tables.read_table(cfg.data, row_key=cfg.row_key, col_key=cfg.col_key, value_key=cfg.value_key,
+                                      split_key=cfg.split_key, val_fraction=cfg.val_fraction,
+                                      split_seed=cfg.split_seed, loss=cfg.loss)
+        n, m = table.shape
+        if cfg.rank > min(n, m):
+            raise ProblemError(f"{table.source}: rank {cfg.rank} must be between 1 and min(n, m) = {min(n, m)}")
+        problem = problem_from_table(table, _layout(cfg, setting, n, m), dtype)
+        truth = None
+        if table.W_true is not None:
+            truth = Truth(jnp.asarray(table.W_true, dtype), jnp.asarray(table.H_true, dtype))
+        pairs = None
+        if cfg.predict == "missing":
+            pairs = tables.missing_pairs(table)
+        elif cfg.predict is not None:
+            pairs = tables.read_pairs(cfg.predict, table, row_key=cfg.row_key, col_key=cfg.col_key)
+        return Prepared(cfg, seeds, problem, None, truth, keys, table, pairs)
     sc = synthetic_config(cfg)
     if cfg.rank > min(sc.n, sc.m):
         raise ProblemError(f"rank {cfg.rank} must be between 1 and min(n, m) = {min(sc.n, sc.m)}")
@@ -98,6 +108,16 @@ def prepare(cfg: RunConfig, seeds=None) -> Prepared:
     problem = stack_coo([p for p, _ in drawn])
     truth = jax.tree.map(lambda *x: jnp.stack(x), *[t for _, t in drawn])
     return Prepared(cfg, seeds, problem, 0, truth, keys)
+
+
+def problem_from_table(table: tables.Table, kind: str, dtype):
+    """The problem of a table's entries in layout ``kind`` (``dense`` or ``coo``), values in ``dtype``."""
+    if kind == "dense":
+        V, train, val = table.to_dense()
+        return Problem(jnp.asarray(V, dtype), jnp.asarray(train), jnp.asarray(val))
+    tr, va = ~table.is_val, table.is_val
+    return from_coo(table.rows[tr], table.cols[tr], table.vals[tr], table.rows[va], table.cols[va], table.vals[va],
+                    table.shape, dtype=dtype)
 
 
 def _layout(cfg, setting: str, n: int, m: int) -> str:
@@ -265,7 +285,10 @@ def _write_outputs(out: str, prep: Prepared, solver, carry, history, traces, ref
     results.write_npz(os.path.join(out, "history.npz"), **history)
     params = jax.device_get(carry.state.params)
     if isinstance(params, Factors):
-        results.write_npz(os.path.join(out, "factors.npz"), W=np.exp(params.A)[:S], H=np.exp(params.B)[:S])
+        ids = {}
+        if prep.table is not None:
+            ids = {"row_ids": tables.ids_for_npz(prep.table.row_ids), "col_ids": tables.ids_for_npz(prep.table.col_ids)}
+        results.write_npz(os.path.join(out, "factors.npz"), W=np.exp(params.A)[:S], H=np.exp(params.B)[:S], **ids)
     else:
         ax = prep.problem_axis
         pred = jax.vmap(lambda p, q: solver.predict(p, q), in_axes=(0, ax))(carry.state.params, prep.problem)
@@ -319,17 +342,39 @@ def config_record(cfg: RunConfig, out: str) -> dict:
     return rec
 
 
+class Outcome(NamedTuple):
+    """What a finished run leaves in memory (the same numbers as its files)."""
+
+    summary: dict  # what summary.json holds (plain lists and numbers)
+    params: Any  # the final parameters, seed axis first, real seeds only (log-factors for factor models)
+    history: dict  # per-step records, (S, T+1) each
+
+
 def execute(cfg: RunConfig, out: str, *, resume: bool = False, progress: bool = True,
             prep: Optional[Prepared] = None) -> dict:
     """Run ``cfg`` into folder ``out`` (which must be new unless ``resume``). Returns the summary."""
-    prep = prep or prepare(cfg)
-    os.makedirs(out, exist_ok=True)
-    if not resume:
-        results.write_json(os.path.join(out, "config.json"), config_record(cfg, out))
+    return run_prepared(prep or prepare(cfg), out, resume=resume, progress=progress).summary
+
+
+def run_prepared(prep: Prepared, out: Optional[str] = None, *, resume: bool = False,
+                 progress: bool = True) -> Outcome:
+    """Run a prepared batch; with ``out``, write the output folder as the run goes.
+
+    With ``out`` the folder gets config.json first, then after every chunk a
+    checkpoint and the files so far, so an interrupted run loses at most one
+    chunk and ``resume`` continues it; at the end the final files, and
+    ``predictions.csv`` when ``prep.pairs`` asks for predictions. Without
+    ``out`` nothing is written.
+    """
+    cfg = prep.cfg
+    if out is not None:
+        os.makedirs(out, exist_ok=True)
+        if not resume:
+            results.write_json(os.path.join(out, "config.json"), config_record(cfg, out))
     refs = references(prep)
     solver, carry, tracer, trace_keys = build(prep)
     history, traces, wall, compile_prev = None, None, 0.0, None
-    if resume and os.path.exists(os.path.join(out, "checkpoint.npz")):
+    if resume and out is not None and os.path.exists(os.path.join(out, "checkpoint.npz")):
         carry, history, traces, wall, compile_prev = _load_checkpoint(out, carry)
 
     def on_chunk(carry, history, traces, wall, compile_s):
@@ -339,15 +384,36 @@ def execute(cfg: RunConfig, out: str, *, resume: bool = False, progress: bool = 
     res = driver.run(
         solver, prep.problem, carry, steps=cfg.steps, chunk=cfg.chunk, problem_axis=prep.problem_axis,
         tracer=tracer, trace_every=cfg.hessian_every, trace_keys=trace_keys,
-        history=history, traces=traces, wall_offset=wall, on_chunk=on_chunk, progress=progress,
+        history=history, traces=traces, wall_offset=wall, on_chunk=on_chunk if out is not None else None,
+        progress=progress,
     )
     compile_s = res.compile_s if compile_prev is None else compile_prev + res.compile_s
+    trace_s = res.trace_s if cfg.hessian_every else None
+    S = len(prep.seeds)
+    params = jax.tree.map(lambda x: np.asarray(x)[:S], jax.device_get(res.carry.state.params))
+    history = {k: v[:S] for k, v in res.history.items()}
+    summary = _summary(prep, history, res.carry, refs, res.wall_s, compile_s, True, trace_s)
+    if out is None:
+        return Outcome(results.plain(summary), params, history)
     _write_outputs(out, prep, solver, res.carry, res.history, res.traces, refs, res.wall_s, compile_s, complete=True,
-                   trace_s=res.trace_s if cfg.hessian_every else None)
+                   trace_s=trace_s)
+    if prep.pairs is not None:
+        rows, cols = prep.pairs
+        k = best_seed(summary)
+        pred = tables.predict_pairs(np.exp(params.A[k]), np.exp(params.B[k]), rows, cols)
+        tables.write_predictions(os.path.join(out, "predictions.csv"), prep.table, rows, cols, pred)
+        results.update_json(os.path.join(out, "summary.json"),
+                            predictions={"file": "predictions.csv", "pairs": int(len(rows)), "seed": prep.seeds[k]})
     ck = os.path.join(out, "checkpoint.npz")
     if os.path.exists(ck):
         os.unlink(ck)
-    return results.read_json(os.path.join(out, "summary.json"))
+    return Outcome(results.read_json(os.path.join(out, "summary.json")), params, history)
+
+
+def best_seed(summary: dict) -> int:
+    """Index (in the batch) of the seed with the lowest final training objective: the one predictions use."""
+    obj = np.asarray(summary["final"]["objective"], float)
+    return int(np.argmin(np.where(np.isfinite(obj), obj, np.inf)))
 
 
 # Settings that records of schema 1 may hold and the program no longer has,

@@ -148,69 +148,6 @@ def check_problem(V, train, val, rank: int, name: str = "data") -> None:
         raise ProblemError(f"{name}: rank {rank} must be between 1 and min(n, m) = {min(V.shape)}")
 
 
-def load_npz(path: str, rank: int):
-    """Load and validate ``--data FILE.npz``. Raises ProblemError.
-
-    Dense form: ``V`` (n, m), ``train_mask``, optional ``val_mask``: returns a
-    :class:`Problem`. Coordinate form: ``rows``, ``cols``, ``vals``, ``shape``
-    (n, m), optional ``split`` (0 train, 1 held out): returns a
-    :class:`CooProblem`. Either may hold ``W_true``, ``H_true``. Returns
-    (problem, truth or None) with float64 values.
-    """
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            data = {k: f[k] for k in f.files}
-    except FileNotFoundError:
-        raise ProblemError(f"{path}: no such file") from None
-    except Exception as e:  # zip/format errors: name the file, not the traceback
-        raise ProblemError(f"{path}: not a readable .npz file ({type(e).__name__})") from None
-    if "V" not in data and "rows" in data:
-        problem = _load_coo(path, data, rank)
-        n, m = problem.shape
-    else:
-        for key in ("V", "train_mask"):
-            if key not in data:
-                raise ProblemError(f"{path}: missing key '{key}' (found {sorted(data)}; a coordinate list needs "
-                                   f"rows, cols, vals, shape)")
-        V, train = data["V"], data["train_mask"]
-        val = data.get("val_mask")
-        check_problem(V, train, val, rank, name=path)
-        seen = train | val if val is not None else train
-        V = np.where(seen, V, 0.0).astype(np.float64)
-        if val is None:
-            val = np.zeros_like(train)
-        problem = Problem(V=V, train=train, val=val)
-        n, m = V.shape
-    truth = None
-    if "W_true" in data or "H_true" in data:
-        if "W_true" not in data or "H_true" not in data:
-            raise ProblemError(f"{path}: W_true and H_true must be given together")
-        Wt, Ht = np.asarray(data["W_true"], float), np.asarray(data["H_true"], float)
-        if Wt.ndim != 2 or Ht.ndim != 2 or Wt.shape[0] != n or Ht.shape[0] != m or Wt.shape[1] != Ht.shape[1]:
-            raise ProblemError(f"{path}: W_true {Wt.shape} and H_true {Ht.shape} do not fit the matrix {(n, m)}")
-        truth = Truth(W=Wt, H=Ht)
-    return problem, truth
-
-
-def _load_coo(path: str, data: dict, rank: int) -> "CooProblem":
-    for key in ("rows", "cols", "vals", "shape"):
-        if key not in data:
-            raise ProblemError(f"{path}: missing key '{key}' of a coordinate list (found {sorted(data)})")
-    rows, cols, vals = (np.asarray(data[k]).ravel() for k in ("rows", "cols", "vals"))
-    shape = np.asarray(data["shape"]).ravel()
-    if shape.size != 2:
-        raise ProblemError(f"{path}: shape must hold (n, m), got {shape.tolist()}")
-    if not (rows.shape == cols.shape == vals.shape):
-        raise ProblemError(f"{path}: rows, cols and vals differ in length ({rows.size}, {cols.size}, {vals.size})")
-    split = np.asarray(data["split"]).ravel() if "split" in data else np.zeros(rows.size, np.int64)
-    if split.shape != rows.shape or not np.isin(split, (0, 1)).all():
-        raise ProblemError(f"{path}: split must hold 0 (train) or 1 (held out) for every entry")
-    tr, va = split == 0, split == 1
-    check_coo(rows[tr], cols[tr], vals[tr], rows[va], cols[va], vals[va], shape, rank, name=path)
-    return from_coo(rows[tr], cols[tr], vals[tr].astype(np.float64), rows[va], cols[va], vals[va].astype(np.float64),
-                    tuple(int(x) for x in shape), dtype=np.float64)
-
-
 # ----------------------------------------------------------------------------- coordinate lists
 
 

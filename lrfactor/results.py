@@ -55,6 +55,16 @@ def write_json(path: str, obj: Any) -> None:
     _atomic_write_bytes(path, (json.dumps(_jsonable(obj), indent=2) + "\n").encode())
 
 
+def plain(obj: Any) -> Any:
+    """``obj`` as :func:`read_json` returns it after :func:`write_json`: lists, numbers, None for NaN."""
+    return json.loads(json.dumps(_jsonable(obj)))
+
+
+def update_json(path: str, **fields) -> None:
+    """Add ``fields`` to the JSON object in ``path``, atomically."""
+    write_json(path, {**read_json(path), **fields})
+
+
 def read_json(path: str) -> Any:
     with open(path) as f:
         return json.load(f)

@@ -97,7 +97,9 @@ def test_check_problem_rejects(bad, msg):
 
 
 def test_a_coordinate_npz_loads_as_the_same_problem_as_its_dense_form(tmp_path):
-    from lrfactor.problems import CooProblem, load_npz, to_dense
+    from lrfactor.experiment import problem_from_table
+    from lrfactor.problems import CooProblem, to_dense
+    from lrfactor.tables import read_table
 
     problem, truth = small_problem(seed=2, n=13, m=7)
     V, tr, va = (np.asarray(x) for x in problem)
@@ -108,15 +110,16 @@ def test_a_coordinate_npz_loads_as_the_same_problem_as_its_dense_form(tmp_path):
     split = np.concatenate([np.ones(vi.size, int), np.zeros(ti.size, int)])
     np.savez(tmp_path / "coo.npz", rows=rows, cols=cols, vals=V[rows, cols], shape=np.array(V.shape), split=split,
              W_true=truth.W, H_true=truth.H)
-    dense, t1 = load_npz(str(tmp_path / "dense.npz"), 3)
-    coo, t2 = load_npz(str(tmp_path / "coo.npz"), 3)
+    t1, t2 = read_table(str(tmp_path / "dense.npz")), read_table(str(tmp_path / "coo.npz"))
+    dense = problem_from_table(t1, "dense", np.float64)
+    coo = problem_from_table(t2, "coo", np.float64)
     assert isinstance(coo, CooProblem) and coo.shape == (13, 7)
     for a, b in zip(to_dense(coo), dense):
         np.testing.assert_array_equal(a, b)
-    np.testing.assert_array_equal(t1.W, t2.W)
+    np.testing.assert_array_equal(t1.W_true, t2.W_true)
     bad = dict(rows=rows, cols=cols, vals=V[rows, cols], shape=np.array(V.shape), split=split)
     bad["rows"] = bad["rows"].copy()
     bad["rows"][0] = 99
     np.savez(tmp_path / "bad.npz", **bad)
-    with pytest.raises(ProblemError, match="out of range"):
-        load_npz(str(tmp_path / "bad.npz"), 3)
+    with pytest.raises(ProblemError, match="outside 0..12"):
+        read_table(str(tmp_path / "bad.npz"))

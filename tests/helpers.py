@@ -1,8 +1,10 @@
 """Small problems shared by the tests."""
 
+import contextlib
 
 import jax
 import jax.numpy as jnp
+import pytest
 
 from lrfactor.config import RunConfig, resolve
 from lrfactor.problems import Problem, SyntheticConfig, make_synthetic
@@ -28,3 +30,25 @@ def to_float32(tree):
 def layout_config(**kw):
     """A resolved run configuration."""
     return resolve(RunConfig(**kw))
+
+
+@contextlib.contextmanager
+def killed_after_checkpoints(monkeypatch, k: int = 2):
+    """The run inside is killed (KeyboardInterrupt) right after its k-th checkpoint was saved."""
+    from lrfactor import experiment
+
+    real = experiment._checkpoint
+    calls = []
+
+    def dying(*a, **kw):
+        real(*a, **kw)
+        calls.append(1)
+        if len(calls) == k:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(experiment, "_checkpoint", dying)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            yield
+    finally:
+        monkeypatch.setattr(experiment, "_checkpoint", real)

@@ -10,6 +10,7 @@ import pytest
 from lrfactor import cli, experiment
 from lrfactor.config import RunConfig
 from lrfactor.results import read_npz
+from tests.helpers import killed_after_checkpoints
 
 SMALL = ["--n", "40", "--m", "12", "--true-rank", "4", "--rank", "3", "--quiet"]
 
@@ -159,19 +160,8 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, monkeypatch):
     assert cli.main(args + ["--out", full]) == 0
 
     part = str(tmp_path / "part")
-    real = experiment._checkpoint
-    calls = []
-
-    def dying(*a, **k):
-        real(*a, **k)
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt  # killed after the second chunk was saved
-
-    monkeypatch.setattr(experiment, "_checkpoint", dying)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after_checkpoints(monkeypatch, 2):  # killed after the second chunk was saved
         cli.main(args + ["--out", part])
-    monkeypatch.setattr(experiment, "_checkpoint", real)
     assert json.load(open(os.path.join(part, "summary.json")))["complete"] is False
     assert cli.main(["--resume", part, "--quiet"]) == 0
     a, b = read_npz(os.path.join(full, "history.npz")), read_npz(os.path.join(part, "history.npz"))

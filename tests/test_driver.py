@@ -9,7 +9,7 @@ import pytest
 from lrfactor import driver, experiment, layout
 from lrfactor.config import RunConfig, resolve
 from lrfactor.results import read_npz
-from tests.helpers import layout_config
+from tests.helpers import killed_after_checkpoints, layout_config
 
 
 def _cfg(**kw):
@@ -166,19 +166,8 @@ def test_an_interrupted_coordinate_list_run_resumes_to_the_same_result(tmp_path,
     full = str(tmp_path / "full")
     experiment.execute(cfg, full, progress=False, prep=prep)
     part = str(tmp_path / "part")
-    real = experiment._checkpoint
-    calls = []
-
-    def dying(*a, **k):
-        real(*a, **k)
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt  # killed after the second chunk was saved
-
-    monkeypatch.setattr(experiment, "_checkpoint", dying)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after_checkpoints(monkeypatch, 2):  # killed after the second chunk was saved
         experiment.execute(cfg, part, progress=False, prep=prep)
-    monkeypatch.setattr(experiment, "_checkpoint", real)
     experiment.execute(cfg, part, resume=True, progress=False, prep=experiment.prepare(cfg))
     a, b = read_npz(os.path.join(full, "history.npz")), read_npz(os.path.join(part, "history.npz"))
     for k in ("train_mse", "val_mse", "objective", "at_floor"):

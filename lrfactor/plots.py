@@ -506,8 +506,7 @@ def success_map_figure(m: dict) -> plt.Figure:
             elif r.get("state") in ("resumable", "partial"):
                 text[i][j] = "interrupted"
     fig, ax = plt.subplots(figsize=(2.6 + 1.5 * C, 1.2 + 0.42 * R))
-    cmap = plt.get_cmap("viridis").copy()
-    cmap.set_bad("0.85")
+    cmap = plt.get_cmap("viridis").with_extremes(bad="0.85")  # grey: not run
     im = ax.imshow(np.ma.masked_invalid(rate), cmap=cmap, vmin=0, vmax=1, aspect="auto")
     for i in range(R):
         for j in range(C):

@@ -672,6 +672,10 @@ def aggregate(root: str) -> dict:
     }
 
 
+def _run_order(key: str) -> int:
+    return 0 if key == "first" else int(key.rsplit("_", 1)[1])
+
+
 def _frac(r: dict) -> str:
     if r.get("state") != "complete":
         return {"absent": "not run", "resumable": "interrupted", "partial": "interrupted"}.get(r.get("state"), "—")
@@ -691,7 +695,7 @@ def markdown(m: dict) -> str:
              f"Success: {m['rule']['success']}; best_known = {m['rule']['best_known']}. "
              f"Well-posed: {m['rule']['well_posed']} (✗: not).", "",
              "| axis | value | rows/col train avg | 2r | well-posed | " + " | ".join(solvers) +
-             " | gauss_newton first run / restarts |",
+             " | gauss_newton successes by run |",
              "|" + "---|" * (6 + len(solvers))]
     for e in m["axes"]:
         c = m["cells"][e["cell"]]
@@ -700,8 +704,7 @@ def markdown(m: dict) -> str:
             lines.append(head + " — | — | — | " + " | ".join("not run" for _ in solvers) + " | — |")
             continue
         gn = c["solvers"].get("gauss_newton", {}).get("success_by_run")
-        split = "—" if not gn else " / ".join(f"{gn.get(k, 0)}" for k in ["first"] + sorted(k for k in gn if k != "first")) \
-            + (f" ({', '.join(sorted(k for k in gn if k != 'first'))})" if len(gn) > 1 else "")
+        split = "—" if not gn else ", ".join(f"{k.replace('_', ' ')}: {gn[k]}" for k in sorted(gn, key=_run_order))
         lines.append(head + f" {c['train_per_row']:.0f} / {c['train_per_col']:.0f} | {c['two_r']} | "
                      f"{'✓' if c['well_posed'] else '✗'} | " + " | ".join(_frac(c["solvers"][s]) for s in solvers) +
                      f" | {split} |")

@@ -144,7 +144,7 @@ def test_incomplete_runs_do_not_count_and_other_data_is_refused(hand_map):
 def test_markdown_and_figure_from_map_json(hand_map):
     sm.write_map(hand_map)
     md = open(os.path.join(hand_map, "map.md")).read()
-    assert "| observed | 0.5 | 16 / 40 | 16 | ✓ | 2/3 | 2/3 | 0/2 | 1 / 1 (restart_1) |" in md
+    assert "| observed | 0.5 | 16 / 40 | 16 | ✓ | 2/3 | 2/3 | 0/2 | first: 1, restart 1: 1 |" in md
     m = json.load(open(os.path.join(hand_map, "map.json")))
     m["axes"].append({"axis": "observed", "value": 0.1, "label": "0.1", "cell": "c1"})
     m["cells"]["c1"] = {"ran": False, "well_posed": False, "solvers": {s: {"state": "absent"} for s in m["solvers"]}}

@@ -665,6 +665,7 @@ def aggregate(root: str) -> dict:
         "cells_ran": [c for c, v in cells.items() if v["ran"]],
         "cells_not_ran": [c for c, v in cells.items() if not v["ran"]],
         "process_s_total": process_s,
+        "aggregated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "load": {"at_aggregation": _loadavg(),
                  "during_runs": [{"started": a.get("started"), "before": a.get("load_before"),
                                   "after": a.get("load_after")} for a in loads]},
@@ -721,8 +722,16 @@ def markdown(m: dict) -> str:
             lines.append(f"| {name} | {s} | {r['n_seeds']} | {r['steps_budget']} | {_frac(r)} | "
                          f"{_g(r['median_final_over_best'], 4)} | {_g(r['median_val_over_oracle_val'])} | "
                          f"{_g(r['wall_per_seed_s'])} | {r['process_s']:.0f} |")
-    lines += ["", f"Process wall time, all runs: {m['process_s_total']:.0f} s. "
-                  f"Load average at aggregation (1, 5, 15 min): {m['load']['at_aggregation']}.", ""]
+    one_min = [x[0] for a in m["load"]["during_runs"] for x in (a.get("before"), a.get("after")) if x]
+    env = m["environment"]
+    lines += ["", f"Process wall time, all runs: {m['process_s_total']:.0f} s. Load average (1 min) at the start and "
+                  f"end of each run: {min(one_min):.2f}–{max(one_min):.2f}" if one_min else "", 
+              f"(other processes share the machine: {env.get('cpu_count')} CPUs); at aggregation (1, 5, 15 min): "
+              f"{m['load']['at_aggregation']}. jax {env['versions'].get('jax')}, {env['devices']['kind']}.", "",
+              f"Map: `python {' '.join(m['plan']['command'])}` (code at {m['plan'].get('git')}); each run's exact "
+              f"`run.py` command is in map.json (`cells.<cell>.solvers.<solver>.commands`).", ""]
+    if m["cells_not_ran"]:
+        lines += [f"Not run: {', '.join(m['cells_not_ran'])}.", ""]
     return "\n".join(lines)
 
 

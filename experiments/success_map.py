@@ -728,8 +728,8 @@ def markdown(m: dict) -> str:
                   f"end of each run: {min(one_min):.2f}–{max(one_min):.2f}" if one_min else "", 
               f"(other processes share the machine: {env.get('cpu_count')} CPUs); at aggregation (1, 5, 15 min): "
               f"{m['load']['at_aggregation']}. jax {env['versions'].get('jax')}, {env['devices']['kind']}.", "",
-              f"Map: `python {' '.join(m['plan']['command'])}` (code at {m['plan'].get('git')}); each run's exact "
-              f"`run.py` command is in map.json (`cells.<cell>.solvers.<solver>.commands`).", ""]
+              f"Map: `python {' '.join(m['plan'].get('command', ['?']))}` (code at {m['plan'].get('git')}); each run's "
+              f"exact `run.py` command is in map.json (`cells.<cell>.solvers.<solver>.commands`).", ""]
     if m["cells_not_ran"]:
         lines += [f"Not run: {', '.join(m['cells_not_ran'])}.", ""]
     return "\n".join(lines)

@@ -55,7 +55,7 @@ def _data(cell_dir, seeds, mean_v2, per_row, per_col, truth, rank=8):
 
 def _plan(root, cells, solvers=("gauss_newton", "hals", "adam")):
     results.write_json(os.path.join(root, "plan.json"), {
-        "recipe": RECIPE, "recipe_cell": cells[0], "solvers": list(solvers), "cells": cells,
+        "command": ["experiments/success_map.py", "run"], "recipe": RECIPE, "recipe_cell": cells[0], "solvers": list(solvers), "cells": cells,
         "axes": [{"axis": "observed", "value": 0.5 + 0.1 * i, "label": f"{0.5 + 0.1 * i:g}", "cell": c}
                  for i, c in enumerate(cells)],
         "seeds": {}, "seed": 0, "steps": {}})
@@ -141,7 +141,7 @@ def test_incomplete_runs_do_not_count_and_other_data_is_refused(hand_map):
     assert sm.main(["aggregate", "--root", hand_map]) == 2
 
 
-def test_markdown_and_figure_from_map_json(hand_map):
+def test_markdown_and_figure_from_map_json(hand_map, capsys):
     sm.write_map(hand_map)
     md = open(os.path.join(hand_map, "map.md")).read()
     assert "| observed | 0.5 | 16 / 40 | 16 | ✓ | 2/3 | 2/3 | 0/2 | first: 1, restart 1: 1 |" in md
@@ -158,6 +158,12 @@ def test_markdown_and_figure_from_map_json(hand_map):
     assert len(hatched) == 1 and hatched[0].get_y() == pytest.approx(0.5)  # the second row only
     labels = [t.get_text() for t in ax.get_yticklabels()]
     assert labels == ["observed 0.5 (recipe)", "observed 0.1 ✗"]
+    plot = _load("plot_cli", "plot.py")  # a map folder and a run folder together: refused, nothing drawn
+    os.unlink(os.path.join(hand_map, "success_map.png"))
+    capsys.readouterr()
+    assert plot.main([hand_map, os.path.join(hand_map, "runs", "c0", "hals")]) == 2
+    assert capsys.readouterr().err.startswith("error: give either success-map folders or run folders")
+    assert not os.path.exists(os.path.join(hand_map, "success_map.png"))
 
 
 # --------------------------------------------------------------------------- skip, resume, redo

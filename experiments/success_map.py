@@ -663,6 +663,7 @@ def aggregate(root: str) -> dict:
         "solvers": solvers,
         "cells": cells,
         "cells_ran": [c for c, v in cells.items() if v["ran"]],
+        "cells_complete": [c for c, v in cells.items() if all(r["state"] == "complete" for r in v["solvers"].values())],
         "cells_not_ran": [c for c, v in cells.items() if not v["ran"]],
         "process_s_total": process_s,
         "aggregated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -689,7 +690,9 @@ def _g(x, p=3) -> str:
 
 def markdown(m: dict) -> str:
     solvers = m["solvers"]
-    lines = [f"# Success map ({len(m['cells_ran'])} of {len(m['cells'])} cells ran)", "",
+    partly = [c for c in m["cells_ran"] if c not in m["cells_complete"]]
+    lines = [f"# Success map ({len(m['cells_complete'])} of {len(m['cells'])} cells complete"
+             + (f", {len(partly)} partly run" if partly else "") + ")", "",
              f"Recipe: {', '.join(f'{k}={v:g}' for k, v in m['plan']['recipe'].items())}; "
              f"seeds {m['plan']['seeds']}, first seed {m['plan']['seed']}, step budgets {m['plan']['steps']} "
              f"(None: run.py's default), precision 64.",
@@ -730,6 +733,8 @@ def markdown(m: dict) -> str:
               f"{m['load']['at_aggregation']}. jax {env['versions'].get('jax')}, {env['devices']['kind']}.", "",
               f"Map: `python {' '.join(m['plan'].get('command', ['?']))}` (code at {m['plan'].get('git')}); each run's "
               f"exact `run.py` command is in map.json (`cells.<cell>.solvers.<solver>.commands`).", ""]
+    if partly:
+        lines += [f"Partly run (some solvers missing or interrupted): {', '.join(partly)}.", ""]
     if m["cells_not_ran"]:
         lines += [f"Not run: {', '.join(m['cells_not_ran'])}.", ""]
     return "\n".join(lines)

@@ -229,7 +229,7 @@ def test_complete_runs_are_skipped_interrupted_ones_resumed_or_redone(tmp_path, 
     attempts = results.read_json(os.path.join(a, "hals.process.json"))
     assert len(attempts) == 2 and "--resume" in attempts[1]["command"]
     m = results.read_json(os.path.join(root, "map.json"))
-    assert m["cells_ran"] == ["n30-m20-k12-d2-o0.5-r8", "n30-m20-k12-d2-o0.9-r8"]
+    assert m["cells_ran"] == m["cells_complete"] == ["n30-m20-k12-d2-o0.5-r8", "n30-m20-k12-d2-o0.9-r8"]
     assert m["cells"]["n30-m20-k12-d2-o0.5-r8"]["solvers"]["hals"]["process_s"] == pytest.approx(1.0)
     # A saved run made with other settings is refused before anything runs or is written.
     fake.commands.clear()
@@ -252,7 +252,7 @@ def test_a_stopped_run_is_recorded_and_the_map_still_written(tmp_path):
     cell = os.path.join(root, "runs", "n30-m20-k12-d2-o0.5-r8")
     assert results.read_json(os.path.join(cell, "hals.process.json"))[0]["stopped"] == "deadline"
     m = results.read_json(os.path.join(root, "map.json"))
-    assert m["cells_not_ran"] == ["n30-m20-k12-d2-o0.5-r8"]
+    assert m["cells_not_ran"] == ["n30-m20-k12-d2-o0.5-r8"] and m["cells_complete"] == []
     assert os.path.exists(os.path.join(root, "success_map.png"))
 
 

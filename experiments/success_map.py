@@ -40,7 +40,7 @@ MSE on that seed. A run succeeds on a seed when
     final train MSE ≤ 1.01 × best-known + FLOOR_REL × mean(V² over the training entries)
 
 The absolute floor matters where the model rank reaches the true rank: the
-noise-free truth then fits exactly, the best-known is rounding (~1e-25 ×
+noise-free truth then fits exactly, the best-known is rounding (~1e-32 ×
 mean V²) and a relative test alone would demand the same rounding from every
 solver. FLOOR_REL = 1e-12 accepts a fit whose root-mean-square error is 1e-6
 of the typical entry's magnitude; it is far below every MSE a rank-deficient

@@ -2,6 +2,7 @@
 
     python experiments/plot.py results/adam-seed                   # PNGs into the run folder
     python experiments/plot.py results/adam results/gn --out figs  # each run's figures + compare.png
+    python experiments/plot.py results/success-map                 # a success map (map.json): success_map.png
 
 Bad input ends with exit status 2 and one line naming the problem.
 """
@@ -32,8 +33,24 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    from lrfactor.plots import PlotError, load, plot_compare, plot_run
+    from lrfactor.plots import PlotError, load, plot_compare, plot_run, plot_success_map
 
+    maps = [d for d in args.runs if os.path.isfile(os.path.join(d, "map.json"))]
+    if maps:  # success maps (experiments/success_map.py) are drawn from their map.json alone
+        if len(maps) != len(args.runs):
+            print("error: give either success-map folders or run folders, not both", file=sys.stderr)
+            return 2
+        if args.out and len(maps) > 1:
+            print("error: --out takes one success map at a time (each writes success_map.png)", file=sys.stderr)
+            return 2
+        try:
+            written = [plot_success_map(d, args.out) for d in maps]
+        except PlotError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        for path in written:
+            print(path)
+        return 0
     try:
         runs = [load(d) for d in args.runs]
     except PlotError as e:

@@ -25,7 +25,9 @@ Figures (each a function of loaded runs returning a matplotlib Figure; the
   eigenvalue axis;
 - ``loss_vs_index.png``: training MSE against the index at every traced point
   (Dauphin et al. 2014, "Identifying and attacking the saddle point problem");
-- ``compare.png``: several runs (first-order, Gauss-Newton, ...) side by side.
+- ``compare.png``: several runs (first-order, Gauss-Newton, ...) side by side;
+- ``success_map.png``: a success map's rates per (axis, value) and solver
+  (``map.json`` of experiments/success_map.py).
 """
 
 from __future__ import annotations
@@ -482,3 +484,70 @@ def plot_compare(runs: Sequence[dict], out: Optional[str] = None) -> str:
 
 __all__ = ["PlotError", "load", "loss_figure", "success_curve", "success_figure", "hessian_traces_figure", "spectral_density_figure",
            "loss_vs_index_figure", "compare_figure", "slq_density", "quadrature_nodes", "plot_run", "plot_compare"]
+
+
+# --------------------------------------------------------------------------- success map
+
+
+def success_map_figure(m: dict) -> plt.Figure:
+    """The success map (``map.json`` of experiments/success_map.py): one row per (axis, value), one column per
+    solver, colour = success rate, the count written in each cell; rows below the well-posed criterion (on
+    average fewer than 2·r training entries per row or per column) hatched and marked ✗; cells not run grey."""
+    entries, solvers, cells = m["axes"], m["solvers"], m["cells"]
+    R, C = len(entries), len(solvers)
+    rate = np.full((R, C), np.nan)
+    text = [["not run"] * C for _ in range(R)]
+    for i, e in enumerate(entries):
+        for j, s in enumerate(solvers):
+            r = cells[e["cell"]]["solvers"].get(s, {})
+            if r.get("state") == "complete":
+                rate[i, j] = r["rate"]
+                text[i][j] = f"{r['n_success']}/{r['n_seeds']}"
+            elif r.get("state") in ("resumable", "partial"):
+                text[i][j] = "interrupted"
+    fig, ax = plt.subplots(figsize=(2.6 + 1.5 * C, 1.2 + 0.42 * R))
+    cmap = plt.get_cmap("viridis").with_extremes(bad="0.85")  # grey: not run
+    im = ax.imshow(np.ma.masked_invalid(rate), cmap=cmap, vmin=0, vmax=1, aspect="auto")
+    for i in range(R):
+        for j in range(C):
+            dark = np.isfinite(rate[i, j]) and rate[i, j] < 0.6
+            ax.text(j, i, text[i][j], ha="center", va="center", fontsize=8, color="w" if dark else "k")
+    labels = []
+    recipe_cell = m.get("plan", {}).get("recipe_cell")
+    for i, e in enumerate(entries):
+        c = cells[e["cell"]]
+        ill = "well_posed" in c and not c["well_posed"]
+        if ill:
+            ax.add_patch(plt.Rectangle((-0.5, i - 0.5), C, 1, fill=False, hatch="///", edgecolor="r", lw=0))
+        base = e["cell"] == recipe_cell
+        labels.append(f"{e['axis']} {e['label']}" + (" (recipe)" if base else "") + (" ✗" if ill else ""))
+    for i in range(1, R):  # a line between axes
+        if entries[i]["axis"] != entries[i - 1]["axis"]:
+            ax.axhline(i - 0.5, color="w", lw=3)
+    ax.set_xticks(range(C), solvers)
+    ax.xaxis.tick_top()
+    ax.set_yticks(range(R), labels, fontsize=8)
+    ax.set_title("success rate (final train MSE ≤ 1.01 × best known + floor)\n"
+                 "hatched ✗: fewer than 2·r training entries per row or column on average", fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.05, pad=0.03, label="success rate")
+    fig.tight_layout()
+    return fig
+
+
+def plot_success_map(path: str, out: Optional[str] = None) -> str:
+    """Draw ``success_map.png`` from a success map's ``map.json`` (a file or its folder) into ``out``
+    (default: beside it). Returns the path written."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "map.json")
+    try:
+        m = results.read_json(path)
+        for key in ("axes", "solvers", "cells"):
+            m[key]
+    except FileNotFoundError:
+        raise PlotError(f"{path}: no such file") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise PlotError(f"{path}: not a success map ({type(e).__name__}: {e})") from None
+    return _save(success_map_figure(m), os.path.join(out or os.path.dirname(os.path.abspath(path)), "success_map.png"))
+
+
+__all__ += ["success_map_figure", "plot_success_map"]

@@ -20,7 +20,7 @@ float64. Parts:
   MSE at 45 s among 1e-2, 1e-4, 1e-8 in a preliminary run.
 - ``scipy``: ``least_squares(method='trf', tr_solver='lsmr')`` with a CSR
   Jacobian (2r nonzeros per row), ``x_scale=1`` (λI-like: Levenberg suits
-  log-parameters, DESIGN.md §2), stopped by its callback after the budget.
+  log-parameters, docs/design.md §2), stopped by its callback after the budget.
 - ``jaxopt``: ``jaxopt.LevenbergMarquardt`` with its default matrix-free CG
   solve of (JᵀJ + μI)δ = −Jᵀr (``--jaxopt-materialize`` builds J and JᵀJ densely
   and uses Cholesky instead), ``update`` jitted once, for the budget.

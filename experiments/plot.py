@@ -1,4 +1,4 @@
-"""Figures from saved runs, nothing recomputed (see CONTRACT.md and lrfactor/plots.py).
+"""Figures from saved runs, nothing recomputed (see docs/contract.md and lrfactor/plots.py).
 
     python experiments/plot.py results/adam-seed                   # PNGs into the run folder
     python experiments/plot.py results/adam results/gn --out figs  # each run's figures + compare.png

@@ -11,7 +11,7 @@ from tests.helpers import small_problem
 
 
 def question_dims(in_dim, n_steps, scale):
-    """The question's code (shared/seed), verbatim but for the function wrapper."""
+    """The question's code (the practitioner's question, docs/design.md §1), verbatim but for the function wrapper."""
     if scale == "log":
         dims = np.exp(np.linspace(np.log(in_dim), 0, n_steps + 2)).round().astype(int)
     else:

@@ -37,7 +37,7 @@ def test_synthetic_is_pure_in_key_and_vmaps():
 def test_theoretical_mse_in_question_range():
     problem, truth = make_synthetic(jax.random.PRNGKey(0), SyntheticConfig())
     ref = reference_scores(problem, truth, 8)
-    # the question printed 7.16e-05; DESIGN.md: about 6e-5 to 7e-5 (seed dependent)
+    # the question printed 7.16e-05; about 6e-5 to 7e-5 depending on the draw (docs/design.md §1)
     assert 2e-5 < float(ref["truth_val_mse"]) < 2e-4
 
 

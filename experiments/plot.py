@@ -35,42 +35,32 @@ def main(argv=None) -> int:
 
     from lrfactor.plots import PlotError, load, plot_compare, plot_run, plot_success_map
 
+    def fail(message) -> int:
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+
     maps = [d for d in args.runs if os.path.isfile(os.path.join(d, "map.json"))]
-    if maps:  # success maps (experiments/success_map.py) are drawn from their map.json alone
-        if len(maps) != len(args.runs):
-            print("error: give either success-map folders or run folders, not both", file=sys.stderr)
-            return 2
-        if args.out and len(maps) > 1:
-            print("error: --out takes one success map at a time (each writes success_map.png)", file=sys.stderr)
-            return 2
-        try:
+    try:
+        if maps:  # success maps (experiments/success_map.py) are drawn from their map.json alone
+            if len(maps) != len(args.runs):
+                return fail("give either success-map folders or run folders, not both")
+            if args.out and len(maps) > 1:
+                return fail("--out takes one success map at a time (each writes success_map.png)")
             written = [plot_success_map(d, args.out) for d in maps]
-        except PlotError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        for path in written:
-            print(path)
-        return 0
-    try:
-        runs = [load(d) for d in args.runs]
+        else:
+            runs = [load(d) for d in args.runs]
+            names = [os.path.basename(os.path.normpath(d)) for d in args.runs]
+            prefixes = [f"{n}-" if args.out and len(runs) > 1 else "" for n in names]
+            written = []
+            for run, prefix in zip(runs, prefixes):
+                written += plot_run(run, args.out, prefix)
+            if len(runs) > 1:
+                written.append(plot_compare(runs, args.out))
     except PlotError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    names = [os.path.basename(os.path.normpath(d)) for d in args.runs]
-    prefixes = [f"{n}-" if args.out and len(runs) > 1 else "" for n in names]
-    written = []
-    try:
-        for run, prefix in zip(runs, prefixes):
-            written += plot_run(run, args.out, prefix)
-        if len(runs) > 1:
-            written.append(plot_compare(runs, args.out))
-    except PlotError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     for path in written:
         print(path)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

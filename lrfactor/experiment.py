@@ -253,6 +253,10 @@ def _summary(prep: Prepared, res_history, carry, refs, wall, compile_s, complete
             "objective": res_history["objective"][:, -1],
             "steps": np.asarray(carry.t)[:S],
             "done": np.asarray(carry.state.done)[:S],
+            # The solver's own per-step records at the end (for Gauss-Newton: λ,
+            # max|gradient|, the last gain ratio, restarts taken), so a stalled
+            # seed can be told from a converged one without a reference.
+            **{k: v[:S, -1] for k, v in res_history.items() if k not in _RECORDED},
         },
         "wall_s": wall,
         "compile_s": compile_s,
@@ -269,6 +273,9 @@ def _summary(prep: Prepared, res_history, carry, refs, wall, compile_s, complete
             summary["success_rate"] = float(np.mean(summary["success"]))
         summary["relative"] = rel
     return summary
+
+
+_RECORDED = ("train_mse", "val_mse", "objective", "done", "wall_s", "step")
 
 
 def _ratio(a, b):

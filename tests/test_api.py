@@ -151,3 +151,12 @@ def test_fit_refuses_what_the_command_line_refuses(files, call, error, match):
     with pytest.raises(error, match=match):
         call(files)
 
+
+
+def test_summary_carries_each_seeds_final_solver_records(tmp_path):
+    """λ, max|gradient|, gain ratio and restarts at the end of each seed, as the history's last column."""
+    run = _run(SMALL + ["--restarts", "1"], tmp_path / "gn")
+    final, hist = run["summary"]["final"], run["history"]
+    for name in ("lam", "grad_inf", "rho", "restart", "accepted", "cg_iters"):
+        np.testing.assert_array_equal(np.asarray(final[name], dtype=hist[name].dtype), hist[name][:, -1], err_msg=name)
+    assert "train_mse" in final and "wall_s" not in final

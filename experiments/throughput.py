@@ -26,7 +26,6 @@ markdown table is printed.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import subprocess

@@ -1,9 +1,7 @@
 """The run configuration: ranges, choices, which settings apply to which solver, saved records."""
 
-import dataclasses
 import json
 import os
-import shutil
 
 import pytest
 

@@ -14,7 +14,6 @@ on tiny problems (20 × 10, 2 steps, 1 seed), to the saved files.
 import contextlib
 import io
 import os
-import zipfile
 
 import jax
 import numpy as np

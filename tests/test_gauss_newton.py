@@ -456,3 +456,58 @@ def test_unknown_or_removed_options_are_refused():
             gn.make_gauss_newton(**kw)
     with pytest.raises(ValueError, match="restarts"):
         gn.make_gauss_newton(restarts=9)
+
+
+def _scripted_runs(script):
+    """A stand-in LM run for :func:`gn.with_restarts`: run k (told apart by its λ and step cap) follows script[k].
+
+    script[k] = (F_end, steps, converges): the objective falls to F_end over
+    ``steps`` steps, then either a stopping test fires (converges) or it stays
+    at F_end for ever (a stall).
+    """
+    # with lambda0 = 1 and no cap on the first run, λ + 10·cap names the run
+    key = [1.0] + [(1.0 if lam is None else lam) + 10 * cap for lam, cap in gn.RESTART_SCHEDULE]
+
+    def init_state(params, problem, key=None):
+        z = jnp.zeros(())
+        return gn.GNState(params, jnp.asarray(10.0), jnp.asarray(1.0), z + 2, jnp.asarray(True),
+                          jnp.asarray(0, jnp.int32), z, z, jnp.asarray(0, jnp.int32), z, jnp.asarray(False))
+
+    def step(state, problem, cap):
+        k = jnp.argmin(jnp.abs(jnp.asarray(key[:len(script)]) - (state.lam + 10 * cap)))
+        F_end, steps, conv = (jnp.asarray([s[i] for s in script])[k] for i in range(3))
+        n = state.n_accepted + 1
+        F = jnp.where(n >= steps, F_end, F_end + (10.0 - F_end) * (1 - n / steps))
+        params = jax.tree.map(lambda a: a + 1.0, state.params)  # tell the runs' points apart
+        return state._replace(params=params, F=F, n_accepted=n, done=(n >= steps) & (conv > 0))
+
+    solver = gn.Solver(name="scripted", init_params=None, init=init_state, step=None, predict=None,
+                       objective=None, extras=())
+    return gn.with_restarts(solver, init_state, step, restarts=2, lambda0=1.0, max_step=0.0, window=5,
+                            rtol=1e-3)
+
+
+def _drive(rs, steps):
+    from lrfactor.factors import Factors
+    s = rs.init(Factors(jnp.zeros((1, 1)), jnp.zeros((1, 1))), None)
+    for _ in range(steps):
+        if bool(s.done):
+            break
+        s = rs.step(s, None)
+    return s
+
+
+def test_a_run_converged_at_the_best_value_ends_the_seed_without_restarts():
+    s = _drive(_scripted_runs([(2.0, 8, 1), (1.0, 8, 1), (1.0, 8, 1)]), 100)
+    assert bool(s.done) and int(s.restart) == 0 and int(s.best_run) == 0 and int(s.stalls) == 0
+    assert float(s.F) == 2.0 and int(s.run.n_accepted) == 8
+
+
+def test_a_stall_restarts_and_a_worse_converged_restart_restarts_again():
+    # run 0 stalls at 2; restart 1 converges above it (3); restart 2 converges at 1: best
+    s = _drive(_scripted_runs([(2.0, 8, 0), (3.0, 8, 1), (1.0, 8, 1)]), 100)
+    assert bool(s.done) and int(s.restart) == 2 and int(s.best_run) == 2 and int(s.stalls) == 1
+    assert float(s.F) == 1.0
+    # restart 1 reaching the best value seen (within rtol) and converging there ends the seed
+    s = _drive(_scripted_runs([(2.0, 8, 0), (2.0 * (1 + 1e-4), 8, 1), (1.0, 8, 1)]), 100)
+    assert bool(s.done) and int(s.restart) == 1 and int(s.best_run) == 0 and float(s.F) == 2.0

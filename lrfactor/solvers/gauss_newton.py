@@ -42,8 +42,10 @@ the stopping tests (:func:`converged`, the termination).
   nothing about that direction); a step whose objective is NaN or inf (exp
   overflow, the commonest wild step in log space) is backtracked.
 - ``max_step``: a cap on max|Δ| in log space, the direction kept.
-- ``restarts``: when a run stops or stalls, restart from the same blind start
-  with another damping schedule and keep the best point (:func:`with_restarts`).
+- ``restarts``: when a run stalls (or converges above the best value seen),
+  restart from the same blind start with another damping schedule and keep
+  the best point; a run that converges at the best value ends the seed
+  (:func:`with_restarts`).
 - Stopping tests as Ceres' function/gradient/parameter tolerances
   (``ftol``, ``gtol``, ``xtol``), plus 11 rejections in a row.
 
@@ -355,6 +357,8 @@ class RestartState(NamedTuple):
     run: GNState  # the run in progress
     first: GNState  # the first run's initial state: every restart begins from it (λ rescaled)
     restart: jax.Array  # () int32: restarts taken
+    best_run: jax.Array  # () int32: the run (0 = the first, k = restart k) that found ``params``
+    stalls: jax.Array  # () int32: runs ended by a stall rather than by a stopping test
     F_mark: jax.Array  # () the run's objective at the start of the stall window
     since_mark: jax.Array  # () int32: steps since the window started
     done: jax.Array  # () bool
@@ -370,18 +374,30 @@ RESTART_SCHEDULE = ((None, 1.0), (0.1, 0.0), (1.0, 0.0), (None, 3.0))
 
 def with_restarts(solver: Solver, init_state, step, restarts: int, lambda0: float, max_step: float,
                   window: int, rtol: float) -> Solver:
-    """Restart from the blind start with another damping schedule when a run ends.
+    """Restart from the blind start with another damping schedule, only when a run needs it.
 
-    A run ends when its own stopping tests fire or when it stalls: over
-    ``window`` steps its objective fell by less than ``rtol`` relative (the
-    linear crawl towards a stationary point above the best fit). Up to
-    ``restarts`` further runs follow, from the same start, with the schedules
-    of ``RESTART_SCHEDULE``; the state's ``params`` is always the best point
-    any run has reached, so the recorded objective never increases. After the
-    last restart the run continues to its own stopping tests (a stall no
-    longer ends it) or to the step budget. Everything is ``jnp.where`` on
-    whole leaves: a batch of seeds stays one program, each seed restarting on
-    its own step.
+    A run ends in one of two ways. It *converges*: its own stopping tests fire
+    (ftol, gtol, xtol): it sits at a local minimum. Or it *stalls*: over
+    ``window`` steps its objective fell by less than ``rtol`` relative, the
+    linear crawl along a flat valley or towards a boundary point (a factor
+    entry driven to exp(−∞)) that is the commonest way a run ends above the
+    best fit. What follows:
+
+    - a converged run whose objective is within ``rtol`` of the best any run
+      reached (for the first run: itself) ends the seed; restarting from the
+      same start would only find that point again;
+    - a stall, or convergence above the best value, starts the next run, from
+      the same start with the next schedule of ``RESTART_SCHEDULE``, while any
+      of the ``restarts`` remain;
+    - after the last restart the run continues to its own stopping tests (a
+      stall no longer ends it) or to the step budget.
+
+    The state's ``params`` is always the best point any run has reached, so
+    the recorded objective never increases; ``best_run`` says which run found
+    it and ``stalls`` how many runs ended by a stall, so a saved run tells a
+    seed that converged from one that was still crawling. Everything is
+    ``jnp.where`` on whole leaves: a batch of seeds stays one program, each
+    seed restarting (or ending) on its own step.
     """
     if not 0 < restarts <= len(RESTART_SCHEDULE):
         raise ValueError(f"restarts must be between 0 and {len(RESTART_SCHEDULE)}, got {restarts}")
@@ -392,27 +408,32 @@ def with_restarts(solver: Solver, init_state, step, restarts: int, lambda0: floa
     def init(params, problem, key=None):
         run = init_state(params, problem, key)
         zero = jnp.asarray(0, jnp.int32)
-        return RestartState(run.params, run.F, run, run, zero, run.F, zero, jnp.asarray(False))
+        return RestartState(run.params, run.F, run, run, zero, zero, zero, run.F, zero, jnp.asarray(False))
 
     def restart_step(state: RestartState, problem) -> RestartState:
         cap = jnp.asarray(caps, state.F.dtype)[state.restart]
         run = step(state.run, problem, cap)
         since = state.since_mark + 1
         at_mark = since >= window
-        stalled = at_mark & (state.F_mark - run.F <= rtol * state.F_mark)
+        stalled = at_mark & (state.F_mark - run.F <= rtol * state.F_mark) & ~run.done
         better = run.F < state.F
         params = jax.tree.map(lambda a, b: jnp.where(better, a, b), run.params, state.params)
         F = jnp.where(better, run.F, state.F)
-        again = (state.restart < restarts) & (run.done | stalled)
+        best_run = jnp.where(better, state.restart, state.best_run)
+        at_best = run.F <= F * (1 + rtol)
+        more = state.restart < restarts
+        again = more & (stalled | (run.done & ~at_best))
         factor = jnp.asarray(lam_factor, state.first.lam.dtype)[jnp.minimum(state.restart, restarts - 1)]
         fresh = state.first._replace(lam=state.first.lam * factor)
-        run = jax.tree.map(lambda a, b: jnp.where(again, a, b), fresh, run)
+        new_run = jax.tree.map(lambda a, b: jnp.where(again, a, b), fresh, run)
         new_window = at_mark | again
-        F_mark = jnp.where(new_window, run.F, state.F_mark)
+        F_mark = jnp.where(new_window, new_run.F, state.F_mark)
         since = jnp.where(new_window, 0, since)
         done = run.done & ~again
-        return RestartState(params, F, run, state.first, state.restart + again.astype(jnp.int32), F_mark, since, done)
+        return RestartState(params, F, new_run, state.first, state.restart + again.astype(jnp.int32), best_run,
+                            state.stalls + (stalled & more).astype(jnp.int32), F_mark, since, done)
 
     extras = tuple((name, (lambda fn: lambda s: fn(s.run))(fn)) for name, fn in solver.extras)
-    extras += (("restart", lambda s: s.restart), ("run_F", lambda s: s.run.F))
+    extras += (("restart", lambda s: s.restart), ("best_run", lambda s: s.best_run),
+               ("stalls", lambda s: s.stalls), ("run_F", lambda s: s.run.F))
     return solver._replace(init=init, step=restart_step, extras=extras)

@@ -103,9 +103,15 @@ def data_loss(pred: jax.Array, problem, loss: str = "frobenius", which: str = "t
     return layout.masked_mean(problem, term, which)
 
 
+def objective_penalty(p: Factors, l2: float = 0.0, reg: float = 0.0) -> jax.Array:
+    """l2·(ΣA² + ΣB²) + reg·(ΣW² + ΣH²); the second term only when reg is given, so that runs
+    without it compute exactly what they computed before it existed."""
+    pen = l2 * l2_penalty(p)
+    if reg:
+        pen = pen + reg * factor_penalty(p)
+    return pen
+
+
 def objective(p: Factors, problem, loss: str = "frobenius", l2: float = 0.0, reg: float = 0.0) -> jax.Array:
     """The training objective: mean loss over the training entries + l2·(ΣA² + ΣB²) + reg·(ΣW² + ΣH²)."""
-    f = data_loss(layout.predictions(problem, p), problem, loss) + l2 * l2_penalty(p)
-    if reg:  # a Python zero adds nothing, so runs without the penalty compute exactly what they did
-        f = f + reg * factor_penalty(p)
-    return f
+    return data_loss(layout.predictions(problem, p), problem, loss) + objective_penalty(p, l2, reg)

@@ -242,7 +242,7 @@ def make_first_order(cfg, n_train_max: int) -> Solver:
         name=cfg.solver,
         init_params=lambda key, problem: fac.init_factors(key, problem, cfg.rank, cfg.init),
         entry_loss=lambda p, rows, cols, v, valid: factor_entry_loss(p, rows, cols, v, valid, cfg.loss),
-        penalty=lambda p: cfg.l2 * losses.l2_penalty(p) + (cfg.reg * losses.factor_penalty(p) if cfg.reg else 0.0),
+        penalty=lambda p: losses.objective_penalty(p, cfg.l2, cfg.reg),
         predict=lambda p, problem, which="train": layout.predictions(problem, p, which),
         optimizer=make_optimizer(cfg.optimizer, cfg.lr, cfg.momentum),
         n_batches=n_batches,

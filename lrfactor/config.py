@@ -45,8 +45,9 @@ class RunConfig:
     seed: int = 0  # first seed; seeds seed ... seed + seeds - 1 must lie in [0, 2**32)
     steps: Optional[int] = None  # step budget: iterations (gauss_newton, default 500), sweeps (hals/mu, 2000), epochs (adam/sgd/mlp, 10000)
     rank: int = 8  # model rank r (the question's model_rank)
-    loss: str = "frobenius"  # frobenius (MSE) or kl (generalized KL); gauss_newton and mu
+    loss: str = "frobenius"  # frobenius (MSE, additive noise), kl (generalized KL, counts; V >= 0) or log (squared log ratio, multiplicative noise; V > 0); mu: frobenius and kl
     l2: Optional[float] = None  # l2·(ΣA²+ΣB²) added to the train MSE; default 1e-6 for adam/sgd/mlp (the question's), 0 for gauss_newton
+    reg: float = 0.0  # reg·(ΣW²+ΣH²), a penalty on the factors themselves (not their logs), added to the training objective
     precision: Optional[int] = None  # 32 or 64; default 32 for minibatch optimizers (as Keras), 64 otherwise
     init: str = "keras"  # initial log-factors: keras U(-0.05, 0.05) or scaled (see lrfactor.factors)
     # Input data.
@@ -170,7 +171,8 @@ def optax_aliases() -> tuple:
 # Which settings each solver reads. A field not listed applies to every solver.
 
 USES = {
-    "loss": ("gauss_newton", "mu"),  # hals minimises the masked MSE only; the minibatch models train MSE
+    "loss": ("gauss_newton", "mu") + FIRST_ORDER,  # hals minimises the masked MSE only; the mlp trains MSE
+    "reg": FACTOR_SOLVERS,  # a penalty on the factors W, H: the mlp has none
     "l2": ("gauss_newton",) + MINIBATCH,  # hals and mu minimise the plain loss
     "optimizer": MINIBATCH,
     "lr": MINIBATCH,
@@ -288,7 +290,7 @@ U32 = 2**32
 INTS = ("seeds", "seed", "steps", "rank", "precision", "split_seed", "n", "m", "true_rank", "batch_size", "patience",
         "plateau_patience", "cg_iters", "refine", "restarts", "mlp_steps", "hessian_every", "lanczos_steps",
         "slq_probes", "chunk")
-FLOATS = ("l2", "val_fraction", "decay", "observed", "noise", "lr", "momentum", "min_delta", "plateau_min_delta",
+FLOATS = ("l2", "reg", "val_fraction", "decay", "observed", "noise", "lr", "momentum", "min_delta", "plateau_min_delta",
           "plateau_factor", "min_lr", "lambda0", "cg_tol", "max_step", "ftol", "gtol", "xtol", "eps")
 BOOLS = ("early_stopping", "backtrack")
 STRINGS = ("solver", "loss", "init", "data", "layout", "row_key", "col_key", "value_key", "split_key", "predict",
@@ -300,6 +302,7 @@ RANGES = {
     "steps": _in(1),
     "rank": _in(1),
     "l2": _in(0),
+    "reg": _in(0),
     "val_fraction": _in(0, 1, hi_open=True),  # 1 would leave nothing to fit
     "split_seed": _in(0),
     "n": _in(1),
@@ -413,6 +416,12 @@ def _combinations(cfg: RunConfig, known: dict) -> None:
     if cfg.solver in MINIBATCH and cfg.lr is None and cfg.min_lr > _default_lr(cfg.solver):
         raise ConfigError(f"--min-lr {cfg.min_lr:g} is above the default --lr {_default_lr(cfg.solver):g}: give "
                           f"--min-lr at most the learning rate (ReduceLROnPlateau only lowers the rate)")
+    if cfg.solver == "mu":
+        from lrfactor.solvers.nmf import MU_LOSSES
+
+        if cfg.loss not in MU_LOSSES:
+            raise ConfigError(f"--loss {cfg.loss} is not minimised by the mu solver (it has multiplicative updates "
+                              f"for {', '.join(MU_LOSSES)}); use gauss_newton, adam or sgd")
     if cfg.solver == "gauss_newton" and cfg.linear_solver == "dense_schur" and cfg.layout == "coo":
         raise ConfigError("--linear-solver dense_schur needs dense masks; use schur_pcg (or auto) with --layout coo")
     if cfg.predict is not None and cfg.predict != "missing" and not cfg.predict.lower().endswith(TABLE_SUFFIXES):

@@ -76,6 +76,7 @@ def prepare(cfg: RunConfig, seeds=None, table: Optional[tables.Table] = None) ->
             table = tables.read_table(cfg.data, row_key=cfg.row_key, col_key=cfg.col_key, value_key=cfg.value_key,
                                       split_key=cfg.split_key, val_fraction=cfg.val_fraction,
                                       split_seed=cfg.split_seed, loss=cfg.loss)
+        tables.check_loss(table, cfg.loss)
         n, m = table.shape
         if cfg.rank > min(n, m):
             raise ProblemError(f"{table.source}: rank {cfg.rank} must be between 1 and min(n, m) = {min(n, m)}")
@@ -99,15 +100,29 @@ def prepare(cfg: RunConfig, seeds=None, table: Optional[tables.Table] = None) ->
         train = np.asarray(problem.train)
         for s, tr in zip(seeds, train[: len(seeds)]):  # empty rows or columns in a drawn training mask
             check_problem(np.zeros(tr.shape), tr, None, cfg.rank, name=f"synthetic seed {s}")
+        _check_synthetic_values(cfg, seeds, np.asarray(problem.V)[: len(seeds)])
         if kind == "coo":
             problem = stack_coo([to_coo(jax.tree.map(lambda x: x[k], problem)) for k in range(len(keys))])
         return Prepared(cfg, seeds, problem, 0, truth, keys)
     drawn = [make_sparse_synthetic(k, sc, dtype) for k in data_keys]
+    _check_synthetic_values(cfg, seeds, [np.concatenate([np.asarray(p.vals), np.asarray(p.val_vals)])
+                                         for p, _ in drawn[: len(seeds)]])
     for s, (p, _) in zip(seeds, drawn):
         check_coo(p.rows, p.cols, p.vals, None, None, None, (sc.n, sc.m), cfg.rank, name=f"synthetic seed {s}")
     problem = stack_coo([p for p, _ in drawn])
     truth = jax.tree.map(lambda *x: jnp.stack(x), *[t for _, t in drawn])
     return Prepared(cfg, seeds, problem, 0, truth, keys)
+
+
+def _check_synthetic_values(cfg: RunConfig, seeds, values) -> None:
+    """Drawn values (with --noise they can be negative or zero) suit the loss; one ProblemError line if not."""
+    if cfg.loss == "frobenius":
+        return
+    for s, v in zip(seeds, values):
+        bad = int(np.count_nonzero(losses.bad_values(np.asarray(v), cfg.loss)))
+        if bad:
+            raise ProblemError(f"synthetic seed {s}: {bad} drawn values (--noise {cfg.noise:g}) break the loss "
+                               f"{cfg.loss!r}, which needs {losses.value_requirement(cfg.loss)}")
 
 
 def problem_from_table(table: tables.Table, kind: str, dtype):
@@ -434,6 +449,10 @@ SCHEMA_2_FILL = {"layout": "dense", "linear_solver": "dense_schur", "cg_iters": 
                  "row_key": None, "col_key": None, "value_key": None, "split_key": None,
                  "val_fraction": 0.2, "split_seed": 0, "predict": None}
 
+# Settings added since, whose absence from a record says what the run did: it
+# had no such penalty.
+ADDED_OFF = {"reg": 0.0}
+
 
 def load_config(out: str) -> RunConfig:
     """The config of the run saved in ``out``, as it ran. Raises ConfigError when it cannot be honoured.
@@ -472,6 +491,8 @@ def _honour(saved: dict, schema: int) -> RunConfig:
     for name, off in RETIRED.items():
         if name in saved and off is not None and saved[name] != off and saved.get("solver") == "gauss_newton":
             raise ConfigError(f"the run used {name}={saved[name]!r}, which this version no longer has")
+    absent = {k: v for k, v in ADDED_OFF.items() if k not in saved}
+    saved, probe = {**saved, **absent}, dataclasses.replace(probe, **absent)
     if schema == 1:
         saved = {**saved, **SCHEMA_2_FILL}
         probe = dataclasses.replace(probe, **SCHEMA_2_FILL)

@@ -1,4 +1,27 @@
-"""Pure losses of (params, problem), on either layout. Data always comes in as an argument."""
+"""Pure losses of (params, problem), on either layout. Data always comes in as an argument.
+
+Three data losses, each the negative log-likelihood of a noise model (up to
+constants), so that the right one for the data is a maximum-likelihood fit:
+
+- ``frobenius``: mean (P − V)², additive Gaussian noise.
+- ``kl``: mean generalized Kullback–Leibler divergence V log(V/P) − V + P,
+  Poisson counts (needs V ≥ 0).
+- ``log``: mean (log P − log V)², multiplicative log-normal noise
+  V = P·exp(σz) (needs V > 0). This is the exact log-likelihood of that noise
+  model, and a plain sum of squares in the residual log P − log V, so its
+  Gauss-Newton matrix is the exact one of a least-squares problem (weight
+  1/P² on u_ij uᵢⱼᵀ, lrfactor/solvers/blocks.py). The Gamma / Itakura–Saito
+  deviance (V/P − log(V/P) − 1) is the other classical choice for
+  multiplicative noise; it is the log loss to second order in log(V/P), but
+  its Gauss-Newton form is only Fisher scoring, and it is the likelihood of
+  Gamma, not log-normal, noise. Zeros have no log: data with zeros are
+  refused for this loss (use kl for counts).
+
+Two penalties: ``l2``·(ΣA² + ΣB²) on the log-factors (the question's Keras
+regulariser), and ``reg``·(ΣW² + ΣH²) on the factors themselves, which
+shrinks weak components towards 0 (where the log-space L2 pulls them
+towards 1).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +31,19 @@ import jax.numpy as jnp
 from lrfactor import layout
 from lrfactor.factors import Factors
 
-LOSSES = ("frobenius", "kl")
+LOSSES = ("frobenius", "kl", "log")
+# What each loss needs of the observed values (the model W Hᵀ is non-negative).
+POSITIVE = ("log",)  # V > 0; the others need V >= 0
+
+
+def value_requirement(loss: str) -> str:
+    """The condition the observed values must meet for ``loss``, as text ("V > 0" or "V >= 0")."""
+    return "V > 0" if loss in POSITIVE else "V >= 0"
+
+
+def bad_values(vals, loss: str):
+    """Boolean array: the values that ``loss`` cannot fit (negative; zero too for the log loss)."""
+    return vals <= 0 if loss in POSITIVE else vals < 0
 
 
 def residuals(p: Factors, problem) -> jax.Array:
@@ -24,15 +59,26 @@ def val_mse(p: Factors, problem) -> jax.Array:
     return layout.masked_mse(problem, layout.predictions(problem, p, "val"), "val")
 
 
+def entry_loss(pred, V, loss: str):
+    """The per-entry loss of predictions ``pred`` against values ``V`` (arrays of one shape).
+
+    frobenius (P − V)²; kl V log(V/P) − V + P with 0·log 0 = 0; log (log P − log V)².
+    Callers mask it: off the observed entries it may be anything, NaN included.
+    """
+    if loss == "frobenius":
+        return (pred - V) ** 2
+    if loss == "kl":
+        safe_v = jnp.where(V > 0, V, 1.0)
+        return jnp.where(V > 0, V * (jnp.log(safe_v) - jnp.log(pred)), 0.0) - V + pred
+    if loss == "log":
+        return (jnp.log(pred) - jnp.log(V)) ** 2
+    raise ValueError(f"unknown loss {loss!r}; known: {', '.join(LOSSES)}")
+
+
 def kl_divergence(pred: jax.Array, problem) -> jax.Array:
     """Mean generalized KL (half the Poisson deviance) over the training entries:
     mean_Ω [V log(V/μ) − V + μ], with 0·log 0 = 0. ``pred`` is an entry array."""
-    V, M = layout.values(problem), layout.mask(problem)
-    safe_v = jnp.where(V > 0, V, 1.0)
-    mu = jnp.where(M, pred, 1.0)
-    term = jnp.where(V > 0, V * (jnp.log(safe_v) - jnp.log(mu)), 0.0) - V + mu
-    ax = -1 if layout.is_coo(problem) else (-2, -1)
-    return jnp.sum(jnp.where(M, term, 0.0), axis=ax) / jnp.sum(M, axis=ax)
+    return data_loss(pred, problem, "kl")
 
 
 def l2_penalty(p: Factors) -> jax.Array:
@@ -40,15 +86,32 @@ def l2_penalty(p: Factors) -> jax.Array:
     return jnp.sum(p.A**2) + jnp.sum(p.B**2)
 
 
-def data_loss(pred: jax.Array, problem, loss: str = "frobenius") -> jax.Array:
-    """Mean loss over the training entries of the prediction entry array ``pred``."""
+def factor_penalty(p: Factors) -> jax.Array:
+    """ΣW² + ΣH² = Σ exp(2A) + Σ exp(2B): the squared norms of the factors themselves."""
+    return jnp.sum(jnp.exp(2 * p.A)) + jnp.sum(jnp.exp(2 * p.B))
+
+
+def data_loss(pred: jax.Array, problem, loss: str = "frobenius", which: str = "train") -> jax.Array:
+    """Mean loss over the entries of ``which`` of the prediction entry array ``pred``."""
     if loss == "frobenius":
-        return layout.masked_mse(problem, pred)
-    if loss == "kl":
-        return kl_divergence(pred, problem)
-    raise ValueError(f"unknown loss {loss!r}; known: {', '.join(LOSSES)}")
+        return layout.masked_mse(problem, pred, which)
+    if loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r}; known: {', '.join(LOSSES)}")
+    M, V = layout.mask(problem, which), layout.values(problem, which)
+    # Off the mask: harmless stand-ins (log of 0 would poison the gradient through where).
+    term = entry_loss(jnp.where(M, pred, 1.0), jnp.where(M, V, 1.0), loss)
+    return layout.masked_mean(problem, term, which)
 
 
-def objective(p: Factors, problem, loss: str = "frobenius", l2: float = 0.0) -> jax.Array:
-    """The training objective: mean loss over the training entries + l2·(ΣA² + ΣB²)."""
-    return data_loss(layout.predictions(problem, p), problem, loss) + l2 * l2_penalty(p)
+def objective_penalty(p: Factors, l2: float = 0.0, reg: float = 0.0) -> jax.Array:
+    """l2·(ΣA² + ΣB²) + reg·(ΣW² + ΣH²); the second term only when reg is given, so that runs
+    without it compute exactly what they computed before it existed."""
+    pen = l2 * l2_penalty(p)
+    if reg:
+        pen = pen + reg * factor_penalty(p)
+    return pen
+
+
+def objective(p: Factors, problem, loss: str = "frobenius", l2: float = 0.0, reg: float = 0.0) -> jax.Array:
+    """The training objective: mean loss over the training entries + l2·(ΣA² + ΣB²) + reg·(ΣW² + ΣH²)."""
+    return data_loss(layout.predictions(problem, p), problem, loss) + objective_penalty(p, l2, reg)

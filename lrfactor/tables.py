@@ -63,7 +63,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from lrfactor.losses import LOSSES
+from lrfactor.losses import LOSSES, POSITIVE, bad_values, value_requirement
 from lrfactor.problems import ProblemError, check_problem
 
 TABLE_EXTENSIONS = (".csv", ".parquet", ".pq", ".npz")
@@ -128,7 +128,8 @@ def read_table(path, row_key=None, col_key=None, value_key=None, split_key=None,
     ``train``/``val``; without it ``val_fraction`` of the lines drawn with
     ``split_seed`` are held out. The key arguments do not apply to an ``.npz``.
     ``loss`` is the loss the data will be fitted with: every known loss
-    (``lrfactor.losses.LOSSES``) fits non-negative factors and needs V >= 0.
+    (``lrfactor.losses.LOSSES``) fits non-negative factors and needs V >= 0;
+    the log loss needs V > 0.
     """
     path = os.fspath(path)
     if loss not in LOSSES:
@@ -366,7 +367,18 @@ def _check_values(path, vals, where, loss):
     if neg.any():
         k = int(np.argmax(neg))
         raise ProblemError(f"{path}: negative value {vals[k]} at {where(k)} ({int(neg.sum())} in all); "
-                           f"NMF with loss {loss!r} needs V >= 0")
+                           f"NMF with loss {loss!r} needs {value_requirement(loss)}")
+    bad = bad_values(vals, loss)
+    if bad.any():
+        k = int(np.argmax(bad))
+        raise ProblemError(f"{path}: value {vals[k]} at {where(k)} ({int(bad.sum())} in all); "
+                           f"loss {loss!r} needs {value_requirement(loss)} (kl fits counts with zeros)")
+
+
+def check_loss(table: Table, loss: str) -> None:
+    """The table's observed values (training and held-out) suit ``loss``. Raises ProblemError, one line."""
+    if loss in POSITIVE:
+        _check_values(table.source or "data", table.vals, lambda k: f"entry {k}", loss)
 
 
 def _check_duplicates(path, rows, cols, shape, row_ids, col_ids, where):
@@ -419,8 +431,10 @@ def _read_npz(path, loss) -> Table:
     if "V" in data:
         if "train_mask" not in data:
             raise ProblemError(f"{path}: missing key 'train_mask' (found {sorted(data)})")
-        return table_from_dense(data["V"], data["train_mask"], data.get("val_mask"),
-                                data.get("W_true"), data.get("H_true"), source=path)
+        table = table_from_dense(data["V"], data["train_mask"], data.get("val_mask"),
+                                 data.get("W_true"), data.get("H_true"), source=path)
+        check_loss(table, loss)
+        return table
     for key in ("rows", "cols", "vals", "shape"):
         if key not in data:
             raise ProblemError(f"{path}: missing key {key!r}: neither a coordinate list (rows, cols, vals, "

@@ -143,7 +143,7 @@ def test_fit_writes_the_command_lines_files_only_when_asked(files, tmp_path):
     (lambda f: lrfactor.fit(f["V"], f["train"], rank=30), ProblemError, "rank 30 must be between 1 and"),
     (lambda f: lrfactor.fit(f["V"], None), ConfigError, "both V and train_mask"),
     (lambda f: lrfactor.fit(f["V"], f["train"], data=f["npz"]), ConfigError, "give the data once"),
-    (lambda f: lrfactor.fit(f["V"], f["train"], solver="adam", loss="kl"), ConfigError, "has no effect here"),
+    (lambda f: lrfactor.fit(f["V"], f["train"], solver="mlp", loss="kl"), ConfigError, "has no effect here"),
     (lambda f: lrfactor.fit(f["V"], f["train"], n=10), ConfigError, "--data replaces that problem"),
     (lambda f: lrfactor.fit(np.where(f["train"], np.nan, f["V"]), f["train"]), ProblemError, "NaN or inf"),
 ])

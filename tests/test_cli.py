@@ -55,7 +55,7 @@ def _bad_inputs(tmp_path):
         "batch size zero": (["--solver", "adam", "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
         "one Lanczos step": (["--hessian-every", "1", "--lanczos-steps", "1"], "--lanczos-steps must be >= 2"),
         "negative seed": (["--seed", "-3"], "--seed must be in [0, 2**32), got -3"),
-        "adam with kl": (["--solver", "adam", "--loss", "kl"], "--loss kl has no effect here: the adam solver"),
+        "mlp with kl": (["--solver", "mlp", "--loss", "kl"], "--loss kl has no effect here: the mlp solver"),
         "hals with lambda0": (["--solver", "hals", "--lambda0", "1"], "--lambda0 1.0 has no effect here"),
         "withdrawn method": (["--method", "joint_epi"], "unrecognized arguments: --method"),
         "unreadable file": (["--data", str(garbage)], "not a readable"),
@@ -86,7 +86,7 @@ def _bad_inputs(tmp_path):
 
 
 BAD = [
-        "lambda0 zero", "batch size zero", "one Lanczos step", "negative seed", "adam with kl", "hals with lambda0",
+        "lambda0 zero", "batch size zero", "one Lanczos step", "negative seed", "mlp with kl", "hals with lambda0",
         "withdrawn method", "unreadable file", "directory as data", "unknown data type", "missing file",
         "wrong shapes", "nan observed", "negative with kl", "empty row", "empty column", "rank too large",
         "rank above synthetic", "non-bool mask", "unknown solver", "unknown loss", "missing key", "hals with kl",

@@ -14,7 +14,7 @@ SOLVERS = C.choices()["solver"]
 
 # A valid value other than the default, per setting (for "given" settings).
 OTHER = {
-    "solver": "hals", "seeds": 2, "seed": 5, "steps": 7, "rank": 3, "loss": "kl", "l2": 1e-3, "precision": 32,
+    "solver": "hals", "seeds": 2, "seed": 5, "steps": 7, "rank": 3, "loss": "kl", "l2": 1e-3, "reg": 1e-3, "precision": 32,
     "init": "scaled", "data": "x.npz", "layout": "dense", "row_key": "product", "col_key": "store",
     "value_key": "sales", "split_key": "split", "val_fraction": 0.3, "split_seed": 4, "predict": "missing",
     "n": 50, "m": 20, "true_rank": 5, "decay": 1.0, "observed": 0.3, "noise": 0.1, "optimizer": "rmsprop",
@@ -112,7 +112,7 @@ def test_incompatible_combinations(argv, match):
 
 # Just outside and on the edge of each range.
 EDGES = {
-    "seeds": (-1, 0), "seed": (-1, 0), "steps": (0, 1), "rank": (0, 1), "l2": (-1e-9, 0.0),
+    "seeds": (-1, 0), "seed": (-1, 0), "steps": (0, 1), "rank": (0, 1), "l2": (-1e-9, 0.0), "reg": (-1e-9, 0.0),
     "val_fraction": (1.0, 0.0), "split_seed": (-1, 0), "n": (0, 1), "m": (0, 1), "true_rank": (0, 1),
     "decay": (-0.5, 0.0), "observed": (0.0, 0.99), "noise": (-0.1, 0.0), "lr": (0.0, 1e-3),
     "momentum": (1.0, 0.0), "batch_size": (0, 1), "patience": (0, 1), "min_delta": (-0.1, 0.0),

@@ -17,7 +17,7 @@ def _gauss_newton(cfg, info):
     from lrfactor.solvers.gauss_newton import make_gauss_newton
 
     return make_gauss_newton(
-        loss=cfg.loss, l2=cfg.l2, rank=cfg.rank, init=cfg.init,
+        loss=cfg.loss, l2=cfg.l2, reg=cfg.reg, rank=cfg.rank, init=cfg.init,
         damping=cfg.damping, lambda0=cfg.lambda0, ftol=cfg.ftol, gtol=cfg.gtol, xtol=cfg.xtol,
         linear_solver=cfg.linear_solver, cg_iters=cfg.cg_iters, cg_tol=cfg.cg_tol,
         schur_precision=cfg.schur_precision, max_step=cfg.max_step, backtrack=cfg.backtrack, refine=cfg.refine,
@@ -34,13 +34,13 @@ def _first_order(cfg, info):
 def _hals(cfg, info):
     from lrfactor.solvers.nmf import make_hals
 
-    return make_hals(rank=cfg.rank, loss=cfg.loss, init=cfg.init, eps=cfg.eps, ftol=cfg.ftol, l2=cfg.l2)
+    return make_hals(rank=cfg.rank, loss=cfg.loss, init=cfg.init, eps=cfg.eps, ftol=cfg.ftol, l2=cfg.l2, reg=cfg.reg)
 
 
 def _mu(cfg, info):
     from lrfactor.solvers.nmf import make_mu
 
-    return make_mu(rank=cfg.rank, loss=cfg.loss, init=cfg.init, eps=cfg.eps, ftol=cfg.ftol, l2=cfg.l2)
+    return make_mu(rank=cfg.rank, loss=cfg.loss, init=cfg.init, eps=cfg.eps, ftol=cfg.ftol, l2=cfg.l2, reg=cfg.reg)
 
 
 def _mlp(cfg, info):

@@ -5,12 +5,21 @@ and u_ij = W_i ∘ H_j = ∂P_ij/∂X_i = ∂P_ij/∂Y_j. For a loss Σ_Ω φ(P_
 with ψ = ∂φ/∂P and Gauss-Newton (Fisher) weight ω (both entry arrays, zero
 off the training entries):
 
-    g_X[i] = Σ_j ψ_ij u_ij + 2·pen·X_i           g_Y[j] = Σ_i ψ_ij u_ij + 2·pen·Y_j
+    g_X[i] = Σ_j ψ_ij u_ij + 2·pen·X_i + 2·fpen·W_i²     (g_Y likewise with H)
     U_i    = Σ_j ω_ij u_ij u_ijᵀ  (n, r, r)       S_j    = Σ_i ω_ij u_ij u_ijᵀ  (m, r, r)
     C_ij   = ω_ij u_ij u_ijᵀ (the coupling; never formed)
+    diag   2·pen + 2·fpen·W² (and H²): the penalties' Gauss-Newton terms, added
+           to the damped diagonal (:func:`factor_penalty_diagonal`)
     J v    = (W∘v_X) Hᵀ + W (H∘v_Y)ᵀ at the entries
     (C y)_i  = W_i ∘ Σ_j ω_ij (W_i · (H_j ∘ y_j)) H_j
     (Cᵀ x)_j = H_j ∘ Σ_i ω_ij ((W_i ∘ x_i) · H_j) W_i
+
+The penalties are pen·(ΣX² + ΣY²) (the log-space L2) and fpen·(ΣW² + ΣH²)
+(on the factors). The second, written as the sum of squares ½ Σ (√(2·fpen)·W)²,
+has the Jacobian diag(√(2·fpen)·W) in log space (∂W/∂X = W), so its
+Gauss-Newton term is the diagonal 2·fpen·W²: it fits the r × r blocks U_i,
+S_j without changing their structure. (Its exact Hessian, 4·fpen·W², is twice
+that; the Gauss-Newton form keeps the matrix a JᵀJ.)
 
 Every sum runs through the entry primitives of lrfactor/layout.py, so each
 function works on dense masks and on coordinate lists alike (``prob`` is the
@@ -28,16 +37,32 @@ def psi_omega(P, V, mask, loss: str):
     """ψ = ∂φ/∂P and the Gauss-Newton (Fisher) weight ω, both 0 off the mask.
 
     frobenius φ = ½(P − V)²: ψ = P − V, ω = 1; kl φ = P − V log P: ψ = 1 − V/P,
-    ω = 1/P (Fisher scoring: the expected Hessian under the Poisson model)."""
+    ω = 1/P (Fisher scoring: the expected Hessian under the Poisson model);
+    log φ = ½(log P − log V)²: ψ = (log P − log V)/P, ω = 1/P² (exact
+    Gauss-Newton: the residual log P − log V has the derivative 1/P)."""
     if loss == "frobenius":
         return jnp.where(mask, P - V, 0.0), mask.astype(P.dtype)
     Ps = jnp.where(mask, P, 1.0)
-    return jnp.where(mask, 1.0 - V / Ps, 0.0), jnp.where(mask, 1.0 / Ps, 0.0)
+    if loss == "kl":
+        return jnp.where(mask, 1.0 - V / Ps, 0.0), jnp.where(mask, 1.0 / Ps, 0.0)
+    if loss == "log":
+        Vs = jnp.where(mask, V, 1.0)
+        return jnp.where(mask, (jnp.log(Ps) - jnp.log(Vs)) / Ps, 0.0), jnp.where(mask, 1.0 / Ps**2, 0.0)
+    raise ValueError(f"unknown loss {loss!r}")
 
 
-def gradient(prob, W, H, psi, X, Y, pen):
-    """(g_X, g_Y)."""
-    return layout.row_sums(prob, psi, H) * W + 2 * pen * X, layout.col_sums(prob, psi, W) * H + 2 * pen * Y
+def gradient(prob, W, H, psi, X, Y, pen, fpen=None):
+    """(g_X, g_Y) of Σ_Ω φ + pen·(ΣX² + ΣY²) + fpen·(ΣW² + ΣH²) (fpen None: no such term)."""
+    gX = layout.row_sums(prob, psi, H) * W + 2 * pen * X
+    gY = layout.col_sums(prob, psi, W) * H + 2 * pen * Y
+    if fpen is not None:
+        gX, gY = gX + 2 * fpen * W**2, gY + 2 * fpen * H**2
+    return gX, gY
+
+
+def factor_penalty_diagonal(W, H, fpen):
+    """The Gauss-Newton term of fpen·(ΣW² + ΣH²) in log space: 2·fpen·W² (n, r), 2·fpen·H² (m, r)."""
+    return 2 * fpen * W**2, 2 * fpen * H**2
 
 
 def normal_blocks(prob, W, H, omega):

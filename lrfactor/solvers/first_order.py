@@ -7,13 +7,17 @@ update per minibatch on
     mean_batch (W_i·H_j − V_ij)² + l2·(ΣA² + ΣB²)
 
 (Keras adds an embedding regularizer over the whole table to every batch loss).
+Another loss of lrfactor/losses.py (``kl``, ``log``) replaces the squared
+error entry by entry, and ``reg``·(ΣW² + ΣH²) joins the penalty; autodiff
+gives their gradients.
 After the epoch the two Keras callbacks of the question act, with Keras'
 semantics:
 
 - ``ReduceLROnPlateau(patience, min_delta, min_lr)`` monitors ``val_loss`` (the
   held-out MSE plus the penalty, as Keras evaluates it): after ``patience``
   epochs without an improvement of more than ``min_delta`` the learning rate is
-  multiplied by ``factor``, not below ``min_lr``. This is
+  multiplied by ``factor``, not below ``min_lr``. (With another loss, that
+  loss on the held-out entries plus the penalty.) This is
   ``optax.contrib.reduce_on_plateau`` fed once per epoch with ``atol=min_delta``,
   ``rtol=0``.
 - ``EarlyStopping(monitor='loss', patience, min_delta, restore_best_weights)``
@@ -134,6 +138,7 @@ def make_minibatch_trainer(
     base_lr: float,
     cfg,
     update_state: Optional[Callable] = None,
+    fit_loss: str = "frobenius",
 ) -> Solver:
     """Keras-style epoch training of any model given by its per-entry loss.
 
@@ -143,11 +148,14 @@ def make_minibatch_trainer(
     become ``update_state(params, aux)``, as Keras assigns the moving statistics
     in the forward pass of every training batch. That state must not enter the
     training-mode loss, so its gradient, and the optimizer's update of it, is 0.
+
+    ``fit_loss`` (lrfactor/losses.py) is what ``entry_loss`` sums; the objective
+    and Keras' ``val_loss`` are the same loss's mean plus the penalty.
     """
     plateau = plateau_transform(cfg.plateau_factor, cfg.plateau_patience, cfg.plateau_min_delta, base_lr, cfg.min_lr)
 
     def objective(params, problem):
-        return jnp.asarray(layout.masked_mse(problem, predict(params, problem, "train"), "train") + penalty(params))
+        return jnp.asarray(losses.data_loss(predict(params, problem, "train"), problem, fit_loss, "train") + penalty(params))
 
     def init(params, problem, key):
         del problem
@@ -201,7 +209,7 @@ def make_minibatch_trainer(
             batch, (state.params, opt_state, zero, zero), (b_rows, b_cols, b_vals, valid)
         )
         loss = loss_sum / count
-        val_loss = layout.masked_mse(problem, predict(params, problem, "val"), "val") + penalty(params)
+        val_loss = losses.data_loss(predict(params, problem, "val"), problem, fit_loss, "val") + penalty(params)
         callbacks, best_params, params, done = end_of_epoch(
             state.callbacks, plateau, params, state.best_params, loss, val_loss,
             cfg.patience, cfg.min_delta, cfg.early_stopping,
@@ -217,10 +225,14 @@ def make_minibatch_trainer(
                   objective=objective, extras=extras)
 
 
-def factor_entry_loss(p: fac.Factors, rows, cols, v, valid):
-    """Σ over valid entries of (Σ_k exp(A_ik + B_jk) − V_ij)², the question's embedding model."""
+def factor_entry_loss(p: fac.Factors, rows, cols, v, valid, loss: str = "frobenius"):
+    """Σ over valid entries of (Σ_k exp(A_ik + B_jk) − V_ij)², the question's embedding model
+    (or of another loss of lrfactor/losses.py between the prediction and V_ij)."""
     pred = jnp.sum(jnp.exp(p.A[rows] + p.B[cols]), axis=-1)
-    return jnp.sum(jnp.where(valid, (pred - v) ** 2, 0.0))
+    if loss == "frobenius":
+        return jnp.sum(jnp.where(valid, (pred - v) ** 2, 0.0))
+    # Padding gets a harmless value: log 0 would poison the gradient through the where.
+    return jnp.sum(jnp.where(valid, losses.entry_loss(pred, jnp.where(valid, v, 1.0), loss), 0.0))
 
 
 def make_first_order(cfg, n_train_max: int) -> Solver:
@@ -229,12 +241,13 @@ def make_first_order(cfg, n_train_max: int) -> Solver:
     return make_minibatch_trainer(
         name=cfg.solver,
         init_params=lambda key, problem: fac.init_factors(key, problem, cfg.rank, cfg.init),
-        entry_loss=factor_entry_loss,
-        penalty=lambda p: cfg.l2 * losses.l2_penalty(p),
+        entry_loss=lambda p, rows, cols, v, valid: factor_entry_loss(p, rows, cols, v, valid, cfg.loss),
+        penalty=lambda p: losses.objective_penalty(p, cfg.l2, cfg.reg),
         predict=lambda p, problem, which="train": layout.predictions(problem, p, which),
         optimizer=make_optimizer(cfg.optimizer, cfg.lr, cfg.momentum),
         n_batches=n_batches,
         batch_size=cfg.batch_size,
         base_lr=cfg.lr,
         cfg=cfg,
+        fit_loss=cfg.loss,
     )

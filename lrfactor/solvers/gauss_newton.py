@@ -2,17 +2,21 @@
 
 Objective (scaled so that its Gauss-Newton form is a plain sum of squares)::
 
-    F(A, B) = Σ_Ω φ(P_ij, V_ij) + c·l2·(ΣA² + ΣB²),   P = exp(A) exp(B)ᵀ
+    F(A, B) = Σ_Ω φ(P_ij, V_ij) + c·l2·(ΣA² + ΣB²) + c·reg·(ΣW² + ΣH²),
+    P = W Hᵀ,  W = exp(A),  H = exp(B)
     φ = ½(P − V)²            (frobenius, c = |Ω|/2: F = c·MSE + ...)
     φ = P − V log P + ...    (kl,        c = |Ω|:   F = c·KL  + ...)
+    φ = ½(log P − log V)²    (log,       c = |Ω|/2: F = c·mean (log P − log V)² + ...)
 
 With ψ = ∂φ/∂P and the Fisher weight ω (1 for frobenius, 1/P for kl — Fisher
-scoring) the gradient and the Gauss-Newton matrix JᵀΩJ have the bipartite
+scoring — and 1/P² for log, exact Gauss-Newton) the gradient and the Gauss-Newton matrix JᵀΩJ have the bipartite
 block structure of bundle adjustment: r × r blocks per row (U_i) and per column
 (S_j), coupled through the observed entries (lrfactor/solvers/blocks.py). Each
 iteration solves the damped system
 
-    (JᵀΩJ + 2c·l2·I + λD) Δ = −g
+    (JᵀΩJ + 2c·l2·I + 2c·reg·diag(W², H²) + λD) Δ = −g
+
+(the two penalties' Gauss-Newton terms are diagonal: lrfactor/solvers/blocks.py)
 
 eliminating the larger side, by a pluggable linear solver
 (lrfactor/solvers/linear.py, Ceres' ``linear_solver_type``): ``dense_schur``
@@ -49,9 +53,10 @@ the stopping tests (:func:`converged`, the termination).
 - Stopping tests as Ceres' function/gradient/parameter tolerances
   (``ftol``, ``gtol``, ``xtol``), plus 11 rejections in a row.
 
-After every accepted step the gauge (A[:,k] + c_k, B[:,k] − c_k), which leaves
-W Hᵀ unchanged, is set to minimise ΣA² + ΣB² when there is an L2 term (a strict
-decrease of the penalty; without one it would change nothing).
+After every step the gauge (A[:,k] + c_k, B[:,k] − c_k), which leaves W Hᵀ
+unchanged, is set to minimise the penalties when there are any
+(:func:`balance_gauge`: a decrease of the objective at no cost; without a
+penalty it would change nothing).
 
 A rejected step returns the previous state untouched (``jnp.where`` on whole
 leaves, never a blend by multiplication).
@@ -100,20 +105,52 @@ class GNState(NamedTuple):
 
 
 def _scale(problem, loss: str):
-    """c in F = c·f: |Ω|/2 for frobenius (½ sum of squares), |Ω| for kl."""
+    """c in F = c·f: |Ω|/2 for frobenius and log (½ sums of squares), |Ω| for kl."""
     N = layout.count(problem).astype(layout.dtype(problem))
-    return 0.5 * N if loss == "frobenius" else N
+    return N if loss == "kl" else 0.5 * N
 
 
-def scaled_objective(p: Factors, problem, loss: str, l2: float):
-    """F = c·(mean loss over the training entries + l2·(ΣA² + ΣB²))."""
-    return _scale(problem, loss) * losses.objective(p, problem, loss, l2)
+def scaled_objective(p: Factors, problem, loss: str, l2: float, reg: float = 0.0):
+    """F = c·(mean loss over the training entries + l2·(ΣA² + ΣB²) + reg·(ΣW² + ΣH²))."""
+    return _scale(problem, loss) * losses.objective(p, problem, loss, l2, reg)
 
 
-def balance_gauge(p: Factors) -> Factors:
-    """Shift (A[:,k] + c_k, B[:,k] − c_k) to minimise ΣA² + ΣB²; W Hᵀ is unchanged."""
+GAUGE_BISECTIONS = 64  # halvings of the gauge bracket when both penalties are on (float64 resolution)
+
+
+def balance_gauge(p: Factors, l2: float = 1.0, reg: float = 0.0) -> Factors:
+    """Shift (A[:,k] + c_k, B[:,k] − c_k), which leaves W Hᵀ unchanged, to minimise
+    l2·(ΣA² + ΣB²) + reg·(ΣW² + ΣH²) along each gauge direction k.
+
+    The penalty is convex in c_k. Its log-space part is least at
+    c¹ = (ΣB_k − ΣA_k)/(n + m); its factor part, a·e^{2c} + b·e^{−2c} with
+    a = ‖W_k‖², b = ‖H_k‖², at c² = ¼ log(b/a) (‖W_k‖e^c = ‖H_k‖e^{−c}). With
+    one penalty that is the answer; with both, the minimiser lies between c¹
+    and c² (both derivatives have one sign outside), found by bisection on
+    the derivative. The penalty, and so the objective, never increases.
+    """
     n, m = p.A.shape[0], p.B.shape[0]
-    c = (m * jnp.mean(p.B, axis=0) - n * jnp.mean(p.A, axis=0)) / (n + m)
+    c1 = (m * jnp.mean(p.B, axis=0) - n * jnp.mean(p.A, axis=0)) / (n + m)
+    if reg == 0:
+        return Factors(p.A + c1, p.B - c1)
+    la = jax.scipy.special.logsumexp(2 * p.A, axis=0)  # log ‖W_k‖²
+    lb = jax.scipy.special.logsumexp(2 * p.B, axis=0)
+    c2 = (lb - la) / 4
+    if l2 == 0:
+        return Factors(p.A + c2, p.B - c2)
+    sA, sB = jnp.sum(p.A, axis=0), jnp.sum(p.B, axis=0)
+
+    def slope(c):  # half the derivative of the penalty along the gauge
+        return l2 * ((n + m) * c + sA - sB) + reg * (jnp.exp(la + 2 * c) - jnp.exp(lb - 2 * c))
+
+    def halve(_, lohi):
+        lo, hi = lohi
+        mid = 0.5 * (lo + hi)
+        up = slope(mid) > 0
+        return jnp.where(up, lo, mid), jnp.where(up, mid, hi)
+
+    lo, hi = jax.lax.fori_loop(0, GAUGE_BISECTIONS, halve, (jnp.minimum(c1, c2), jnp.maximum(c1, c2)))
+    c = 0.5 * (lo + hi)
     return Factors(p.A + c, p.B - c)
 
 
@@ -172,6 +209,7 @@ def converged(ok, F, F_new, g_inf, dnorm, theta, nu, ftol, gtol, xtol):
 def make_gauss_newton(
     loss: str = _D.loss,
     l2: float = 0.0,  # RunConfig's None resolves to 0 for this solver
+    reg: float = _D.reg,
     rank: int = _D.rank,
     init: str = _D.init,
     damping: str = _D.damping,
@@ -203,6 +241,8 @@ def make_gauss_newton(
       system in float32 and refines the step ``refine`` times against the
       float64 operator; ``full`` does it all in the working precision (a
       float32 run is always ``full``). dense_schur only.
+    - ``reg`` > 0 adds reg·(ΣW² + ΣH²) to the objective (its gradient and
+      diagonal Gauss-Newton term exactly; lrfactor/solvers/blocks.py).
     - ``max_step`` > 0 caps max|Δ| of every log-space step, keeping its direction.
     - ``backtrack``, ``restarts``, ``ftol``/``gtol``/``xtol``: module docstring.
     """
@@ -214,6 +254,8 @@ def make_gauss_newton(
         raise ValueError(f"unknown loss {loss!r}; known: {', '.join(losses.LOSSES)}")
     if linear_solver not in LINEAR_SOLVERS:
         raise ValueError(f"unknown linear solver {linear_solver!r}; known: {', '.join(LINEAR_SOLVERS)}")
+    if l2 < 0 or reg < 0:
+        raise ValueError(f"l2 and reg must be >= 0, got {l2}, {reg}")
     if cg_iters < 1 or not cg_tol > 0:
         raise ValueError(f"cg_iters must be >= 1 and cg_tol > 0, got {cg_iters}, {cg_tol}")
     # "mixed": the reduced system in float32, the step refined in the working precision.
@@ -238,16 +280,20 @@ def make_gauss_newton(
                                       schur_dtype=schur_dtype, refine=refine)
         return linear.schur_pcg(prob, W, H, omega, U, S, dX, dY, bX, bY, cg_iters=cg_iters, cg_tol=cg_tol)
 
+    penalised = l2 > 0 or reg > 0
+
+    def balance(p):
+        return balance_gauge(p, l2, reg) if penalised else p
+
     def objective(p, problem):
-        return losses.objective(p, problem, loss, l2)
+        return losses.objective(p, problem, loss, l2, reg)
 
     def F_of(p, problem):
-        return scaled_objective(p, problem, loss, l2)
+        return scaled_objective(p, problem, loss, l2, reg)
 
     def init_state(p: Factors, problem, key=None) -> GNState:
         del key
-        if l2 > 0:
-            p = balance_gauge(p)
+        p = balance(p)
         X, Y, prob, _ = oriented(p, problem)
         W, H = jnp.exp(X), jnp.exp(Y)
         _, omega = bk.psi_omega(layout.entry_products(prob, W, H), layout.values(prob), layout.mask(prob), loss)
@@ -265,15 +311,19 @@ def make_gauss_newton(
     def step(state: GNState, problem, cap=None) -> GNState:
         """One damped step; ``cap`` (traced, ≤ 0 = none) bounds max|Δ| in log space."""
         pen = _scale(problem, loss) * l2
+        fpen = _scale(problem, loss) * reg if reg > 0 else None
         X, Y, prob, flip = oriented(state.params, problem)
         W, H = jnp.exp(X), jnp.exp(Y)
         P = layout.entry_products(prob, W, H)
         psi, omega = bk.psi_omega(P, layout.values(prob), layout.mask(prob), loss)
-        gX, gY = bk.gradient(prob, W, H, psi, X, Y, pen)
+        gX, gY = bk.gradient(prob, W, H, psi, X, Y, pen, fpen)
         U, S = bk.normal_blocks(prob, W, H, omega)
         DX, DY = damping_diagonal(U, S, damping)
         dX = 2 * pen + state.lam * DX
         dY = 2 * pen + state.lam * DY
+        if fpen is not None:  # the factor penalty's Gauss-Newton term, diagonal in log space
+            fX, fY = bk.factor_penalty_diagonal(W, H, fpen)
+            dX, dY = dX + fX, dY + fY
         stepX, stepY, cg_k, cg_rel = solve(prob, W, H, omega, U, S, dX, dY, -gX, -gY)
 
         if cap is not None:
@@ -289,10 +339,10 @@ def make_gauss_newton(
         JD = bk.jvp(prob, W, H, stepX, stepY)
         lin = jnp.sum(gY * stepY) + jnp.sum(gX * stepX)
         quad = jnp.sum(omega * JD**2) + 2 * pen * (jnp.sum(stepX**2) + jnp.sum(stepY**2))
+        if fpen is not None:
+            quad = quad + jnp.sum(fX * stepX**2) + jnp.sum(fY * stepY**2)
         pred = -lin - 0.5 * quad
-        new_params = unorient(X + stepX, Y + stepY, flip)
-        if l2 > 0:
-            new_params = balance_gauge(new_params)
+        new_params = balance(unorient(X + stepX, Y + stepY, flip))
         F_new = F_of(new_params, problem)
         ok, rho, lam, nu = trust_update(state.F, F_new, pred, state.lam, state.nu)
         dnorm = jnp.sqrt(jnp.sum(stepX**2) + jnp.sum(stepY**2))
@@ -305,8 +355,7 @@ def make_gauss_newton(
             fracs = jnp.asarray(BACKTRACK, F_new.dtype)
 
             def at(t):  # the point a fraction t along the step
-                q = unorient(X + t * stepX, Y + t * stepY, flip)
-                return balance_gauge(q) if l2 > 0 else q
+                return balance(unorient(X + t * stepX, Y + t * stepY, flip))
 
             F_t = jax.vmap(lambda t: F_of(at(t), problem))(fracs)
             k = jnp.argmin(jnp.where(jnp.isfinite(F_t), F_t, jnp.inf))

@@ -28,9 +28,27 @@ generalized KL divergence of :func:`lrfactor.losses.kl_divergence`). Each is a
 majorise–minimise step on a separable auxiliary function; the floor projects
 each 1-D minimiser onto [ε, ∞), which still lowers the auxiliary function.
 
+**The factor penalty** reg·(ΣW² + ΣH²) (``reg``) keeps both exact. HALS: the
+1-D quadratic gains reg·w², and its minimiser over [ε, ∞) is
+
+    w_k ← max(ε, (E h_k + w_k ∘ M (h_k ∘ h_k)) ⊘ (M (h_k ∘ h_k) + N·reg))      (N = |Ω|)
+
+MU: the penalty's curvature is added to the majoriser. Frobenius (its
+quadratic majoriser with the diagonal [(M∘W Hᵀ) H + N·reg·W] ⊘ W):
+
+    W ← max(ε, W ∘ [(M∘V) H] ⊘ [(M∘W Hᵀ) H + N·reg·W])
+
+KL (Lee–Seung's separable majoriser plus N·reg·w², a quadratic in each w
+whose positive root is taken):
+
+    W ← max(ε, 2 W ∘ a ⊘ (b + sqrt(b² + 8 N·reg·W ∘ a))),   a = (M∘V⊘W Hᵀ) H,  b = M H
+
+each the exact minimiser of a majoriser, so the objective still never
+increases.
+
 One ``step`` is one full sweep: every column of W, then every column of H
 (HALS), or W then H (MU). A seed is ``done`` when the relative decrease of its
-loss over a sweep falls to ``ftol`` or below (a stall, or rounding noise at an
+objective over a sweep falls to ``ftol`` or below (a stall, or rounding noise at an
 exact fit). Neither method has an L2 term on the log-parameters; ``l2`` must be 0.
 
 Both run on either problem layout through the entry primitives of
@@ -50,13 +68,15 @@ from lrfactor import layout, losses
 from lrfactor.factors import Factors
 from lrfactor.solvers.base import Solver
 
+MU_LOSSES = ("frobenius", "kl")  # the losses with multiplicative updates here
+
 
 class HALSState(NamedTuple):
     params: Factors  # log-factors A = log W (n, r), B = log H (m, r)
     W: jax.Array  # (n, r) non-negative factor, entries >= eps
     H: jax.Array  # (m, r) non-negative factor, entries >= eps
     E: jax.Array  # entry array of the residual M ∘ (V − W Hᵀ), updated in place per column
-    loss: jax.Array  # () masked MSE at (W, H)
+    loss: jax.Array  # () masked MSE (+ reg·(ΣW² + ΣH²)) at (W, H)
     done: jax.Array  # () bool: relative decrease over the last sweep <= ftol
 
 
@@ -64,13 +84,15 @@ class MUState(NamedTuple):
     params: Factors  # log-factors A = log W (n, r), B = log H (m, r)
     W: jax.Array  # (n, r) non-negative factor, entries >= eps
     H: jax.Array  # (m, r) non-negative factor, entries >= eps
-    loss: jax.Array  # () the loss minimised (masked MSE or mean generalized KL) at (W, H)
+    loss: jax.Array  # () the objective minimised (masked MSE or mean generalized KL, + the penalty) at (W, H)
     done: jax.Array  # () bool: relative decrease over the last sweep <= ftol
 
 
-def _check(l2: float, eps: float):
+def _check(l2: float, eps: float, reg: float = 0.0):
     if l2 != 0.0:
-        raise ValueError(f"hals and mu minimise the plain loss: l2 must be 0, got {l2}")
+        raise ValueError(f"hals and mu have no penalty on the log-factors: l2 must be 0, got {l2}")
+    if reg < 0:
+        raise ValueError(f"reg must be >= 0, got {reg}")
     if not eps > 0:
         raise ValueError(f"the factor floor eps must be > 0, got {eps}")
 
@@ -90,19 +112,29 @@ def masked_residual(W, H, problem):
     return jnp.where(layout.mask(problem), layout.values(problem) - layout.entry_products(problem, W, H), 0.0)
 
 
-def hals_half_sweep(W, H, E, problem, eps: float):
+def _penalty(W, H, reg: float):
+    return reg * (jnp.sum(W**2) + jnp.sum(H**2)) if reg else 0.0
+
+
+def hals_half_sweep(W, H, E, problem, eps: float, reg: float = 0.0):
     """Update every column of W in turn (H, E given, E = M ∘ (V − W Hᵀ)).
 
     Returns the new (W, E). The H half-sweep is the same call on the transposes.
+    With ``reg`` each update minimises the masked MSE + reg·ΣW² instead.
     """
     mask = layout.mask(problem)
     Mf = mask.astype(W.dtype)
+    Nreg = layout.count(problem).astype(W.dtype) * reg
 
     def column(carry, k):
         W, E = carry
         w = jax.lax.dynamic_index_in_dim(W, k, axis=1, keepdims=False)  # (n,)
         h = jax.lax.dynamic_index_in_dim(H, k, axis=1, keepdims=False)  # (m,)
-        new = jnp.maximum(eps, w + layout.row_sums(problem, E, h) / layout.row_sums(problem, Mf, h * h))
+        hh = layout.row_sums(problem, Mf, h * h)
+        if reg:
+            new = jnp.maximum(eps, (layout.row_sums(problem, E, h) + w * hh) / (hh + Nreg))
+        else:
+            new = jnp.maximum(eps, w + layout.row_sums(problem, E, h) / hh)
         E = E - jnp.where(mask, layout.entry_products(problem, new - w, h), 0.0)
         W = jax.lax.dynamic_update_index_in_dim(W, new, k, axis=1)
         return (W, E), None
@@ -112,29 +144,29 @@ def hals_half_sweep(W, H, E, problem, eps: float):
 
 
 def make_hals(*, rank: int, loss: str = "frobenius", init: str = "keras", eps: float = 1e-12,
-              ftol: float = 0.0, l2: float = 0.0, name: str = "hals") -> Solver:
-    """Masked HALS on the masked MSE (see the module docstring)."""
-    _check(l2, eps)
+              ftol: float = 0.0, l2: float = 0.0, reg: float = 0.0, name: str = "hals") -> Solver:
+    """Masked HALS on the masked MSE (+ reg·(ΣW² + ΣH²)) (see the module docstring)."""
+    _check(l2, eps, reg)
     if loss != "frobenius":
         raise ValueError(f"hals minimises the masked MSE only (loss frobenius), got loss {loss!r}; use mu for kl")
     scheme = init
 
     def objective(params: Factors, problem):
-        return losses.train_mse(params, problem)
+        return losses.objective(params, problem, "frobenius", 0.0, reg)
 
     def init_state(params: Factors, problem, key):
         del key
         W, H = _start(params, eps)
         E = masked_residual(W, H, problem)
-        loss = jnp.sum(E**2) / layout.count(problem)
+        loss = jnp.sum(E**2) / layout.count(problem) + _penalty(W, H, reg)
         return HALSState(fac.from_nonneg(W, H), W, H, E, loss, jnp.asarray(False))
 
     def step(state: HALSState, problem) -> HALSState:
-        W, E = hals_half_sweep(state.W, state.H, state.E, problem, eps)
+        W, E = hals_half_sweep(state.W, state.H, state.E, problem, eps, reg)
         pt = layout.transpose(problem)
-        H, Et = hals_half_sweep(state.H, W, layout.transpose_entries(problem, E), pt, eps)
+        H, Et = hals_half_sweep(state.H, W, layout.transpose_entries(problem, E), pt, eps, reg)
         E = layout.transpose_entries(pt, Et)
-        loss = jnp.sum(E**2) / layout.count(problem)
+        loss = jnp.sum(E**2) / layout.count(problem) + _penalty(W, H, reg)
         done = _stalled(state.loss, loss, ftol)
         return HALSState(fac.from_nonneg(W, H), W, H, E, loss, done)
 
@@ -154,35 +186,41 @@ def _floor_fraction(W, H, eps):
     return (jnp.sum(W <= eps) + jnp.sum(H <= eps)) / (W.size + H.size)
 
 
-def mu_update(W, H, problem, loss: str, eps: float):
+def mu_update(W, H, problem, loss: str, eps: float, reg: float = 0.0):
     """One multiplicative update of W with H fixed (the transposed problem for H)."""
     V, mask = layout.values(problem), layout.mask(problem)
     P = layout.entry_products(problem, W, H)
     rs = lambda F: layout.row_sums(problem, F, H)
+    Nreg = layout.count(problem).astype(W.dtype) * reg
     if loss == "frobenius":
         num = rs(jnp.where(mask, V, 0.0))
         den = rs(jnp.where(mask, P, 0.0))
+        if reg:
+            den = den + Nreg * W
     elif loss == "kl":
         num = rs(jnp.where(mask, V / jnp.where(mask, P, 1.0), 0.0))
         den = rs(mask.astype(W.dtype))
+        if reg:  # the positive root of 2·N·reg·w² + b·w − W·a = 0
+            a = W * num
+            return jnp.maximum(eps, 2 * a / (den + jnp.sqrt(den**2 + 8 * Nreg * a)))
     else:
-        raise ValueError(f"unknown loss {loss!r}; known: {', '.join(losses.LOSSES)}")
+        raise ValueError(f"mu has updates for {', '.join(MU_LOSSES)}, not loss {loss!r}")
     return jnp.maximum(eps, W * num / den)
 
 
 def make_mu(*, rank: int, loss: str = "frobenius", init: str = "keras", eps: float = 1e-12,
-            ftol: float = 0.0, l2: float = 0.0, name: str = "mu") -> Solver:
-    """Masked Lee–Seung multiplicative updates for ``loss`` (frobenius or kl)."""
-    _check(l2, eps)
-    if loss not in losses.LOSSES:
-        raise ValueError(f"unknown loss {loss!r}; known: {', '.join(losses.LOSSES)}")
+            ftol: float = 0.0, l2: float = 0.0, reg: float = 0.0, name: str = "mu") -> Solver:
+    """Masked Lee–Seung multiplicative updates for ``loss`` (frobenius or kl), + reg·(ΣW² + ΣH²)."""
+    _check(l2, eps, reg)
+    if loss not in MU_LOSSES:
+        raise ValueError(f"mu has multiplicative updates for {', '.join(MU_LOSSES)}, not loss {loss!r}")
     scheme = init
 
     def objective(params: Factors, problem):
-        return losses.objective(params, problem, loss)
+        return losses.objective(params, problem, loss, 0.0, reg)
 
     def _loss_nonneg(W, H, problem):
-        return losses.data_loss(layout.entry_products(problem, W, H), problem, loss)
+        return losses.data_loss(layout.entry_products(problem, W, H), problem, loss) + _penalty(W, H, reg)
 
     def init_state(params: Factors, problem, key):
         del key
@@ -190,8 +228,8 @@ def make_mu(*, rank: int, loss: str = "frobenius", init: str = "keras", eps: flo
         return MUState(fac.from_nonneg(W, H), W, H, _loss_nonneg(W, H, problem), jnp.asarray(False))
 
     def step(state: MUState, problem) -> MUState:
-        W = mu_update(state.W, state.H, problem, loss, eps)
-        H = mu_update(state.H, W, layout.transpose(problem), loss, eps)
+        W = mu_update(state.W, state.H, problem, loss, eps, reg)
+        H = mu_update(state.H, W, layout.transpose(problem), loss, eps, reg)
         new = _loss_nonneg(W, H, problem)
         return MUState(fac.from_nonneg(W, H), W, H, new, _stalled(state.loss, new, ftol))
 

@@ -92,6 +92,7 @@ class GNState(NamedTuple):
     cg_iters: jax.Array  # () int32: CG iterations of the last step's solve (0 for dense_schur)
     cg_relres: jax.Array  # () relative residual of the last reduced solve (0 for dense_schur)
     done: jax.Array  # () bool: a stopping test fired
+    l2: jax.Array  # () weight of the L2 penalty: a value, not a constant, so one batch may give each element its own
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -113,6 +114,11 @@ def balance_gauge(p: Factors) -> Factors:
     n, m = p.A.shape[0], p.B.shape[0]
     c = (m * jnp.mean(p.B, axis=0) - n * jnp.mean(p.A, axis=0)) / (n + m)
     return Factors(p.A + c, p.B - c)
+
+
+def balance_if_penalised(p: Factors, l2) -> Factors:
+    """:func:`balance_gauge` when there is an L2 term (l2 > 0, traced), ``p`` itself otherwise."""
+    return jax.tree.map(lambda a, b: jnp.where(l2 > 0, a, b), balance_gauge(p), p)
 
 
 def damping_diagonal(U, S, damping: str):
@@ -239,30 +245,32 @@ def make_gauss_newton(
     def objective(p, problem):
         return losses.objective(p, problem, loss, l2)
 
-    def F_of(p, problem):
-        return scaled_objective(p, problem, loss, l2)
+    def F_of(p, problem, weight):
+        return scaled_objective(p, problem, loss, weight)
 
-    def init_state(p: Factors, problem, key=None) -> GNState:
+    def init_state(p: Factors, problem, key=None, weight=None) -> GNState:
+        """The state at ``p``; ``weight``: this element's L2 weight (default: the factory's ``l2``)."""
         del key
-        if l2 > 0:
-            p = balance_gauge(p)
+        weight = jnp.asarray(l2 if weight is None else weight, layout.dtype(problem))
+        p = balance_if_penalised(p, weight)
         X, Y, prob, _ = oriented(p, problem)
         W, H = jnp.exp(X), jnp.exp(Y)
         _, omega = bk.psi_omega(layout.entry_products(prob, W, H), layout.values(prob), layout.mask(prob), loss)
         U, S = bk.normal_blocks(prob, W, H, omega)
         diag = jnp.concatenate([jnp.diagonal(U, axis1=1, axis2=2).ravel(), jnp.diagonal(S, axis1=1, axis2=2).ravel()])
         lam = lambda0 * jnp.mean(diag)
-        F = F_of(p, problem)
+        F = F_of(p, problem, weight)
         return GNState(
             params=p, F=F, lam=lam, nu=jnp.asarray(2.0, F.dtype),
             accepted=jnp.asarray(True), n_accepted=jnp.asarray(0, jnp.int32),
             grad_inf=jnp.asarray(jnp.inf, F.dtype), rho=jnp.asarray(jnp.nan, F.dtype),
             cg_iters=jnp.asarray(0, jnp.int32), cg_relres=jnp.zeros((), F.dtype), done=jnp.asarray(False),
+            l2=weight,
         )
 
     def step(state: GNState, problem, cap=None) -> GNState:
         """One damped step; ``cap`` (traced, ≤ 0 = none) bounds max|Δ| in log space."""
-        pen = _scale(problem, loss) * l2
+        pen = _scale(problem, loss) * state.l2
         X, Y, prob, flip = oriented(state.params, problem)
         W, H = jnp.exp(X), jnp.exp(Y)
         P = layout.entry_products(prob, W, H)
@@ -288,10 +296,8 @@ def make_gauss_newton(
         lin = jnp.sum(gY * stepY) + jnp.sum(gX * stepX)
         quad = jnp.sum(omega * JD**2) + 2 * pen * (jnp.sum(stepX**2) + jnp.sum(stepY**2))
         pred = -lin - 0.5 * quad
-        new_params = unorient(X + stepX, Y + stepY, flip)
-        if l2 > 0:
-            new_params = balance_gauge(new_params)
-        F_new = F_of(new_params, problem)
+        new_params = balance_if_penalised(unorient(X + stepX, Y + stepY, flip), state.l2)
+        F_new = F_of(new_params, problem, state.l2)
         ok, rho, lam, nu = trust_update(state.F, F_new, pred, state.lam, state.nu)
         dnorm = jnp.sqrt(jnp.sum(stepX**2) + jnp.sum(stepY**2))
         if backtrack:
@@ -303,10 +309,9 @@ def make_gauss_newton(
             fracs = jnp.asarray(BACKTRACK, F_new.dtype)
 
             def at(t):  # the point a fraction t along the step
-                q = unorient(X + t * stepX, Y + t * stepY, flip)
-                return balance_gauge(q) if l2 > 0 else q
+                return balance_if_penalised(unorient(X + t * stepX, Y + t * stepY, flip), state.l2)
 
-            F_t = jax.vmap(lambda t: F_of(at(t), problem))(fracs)
+            F_t = jax.vmap(lambda t: F_of(at(t), problem, state.l2))(fracs)
             k = jnp.argmin(jnp.where(jnp.isfinite(F_t), F_t, jnp.inf))
             t, F_b = fracs[k], F_t[k]
             pred_b = -t * lin - 0.5 * t * t * quad
@@ -323,7 +328,7 @@ def make_gauss_newton(
         theta = jnp.sqrt(jnp.sum(X**2) + jnp.sum(Y**2))
         done = converged(ok, state.F, F_new, g_inf, dnorm, theta, nu, ftol, gtol, xtol)
         return GNState(params, F, lam, nu, ok, state.n_accepted + ok.astype(jnp.int32), g_inf, rho,
-                       cg_k, cg_rel.astype(F.dtype), done)
+                       cg_k, cg_rel.astype(F.dtype), done, state.l2)
 
     base_cap = max_step if max_step > 0 else None
     extras = (
@@ -341,10 +346,19 @@ def make_gauss_newton(
         predict=lambda p, problem, which="train": layout.predictions(problem, p, which),
         objective=objective,
         extras=extras,
+        traced=("l2",),
+        init_traced=lambda p, problem, key, settings: init_state(p, problem, key, settings["l2"]),
     )
     if restarts == 0:
         return solver
-    return with_restarts(solver, init_state, step, restarts, lambda0, max_step, stall_window, stall_rtol)
+    wrapped = with_restarts(solver, init_state, step, restarts, lambda0, max_step, stall_window, stall_rtol)
+
+    def init_traced(p, problem, key, settings):
+        # The restart bookkeeping of a fresh run, around a first run with this element's l2.
+        run = init_state(p, problem, key, settings["l2"])
+        return wrapped.init(p, problem, key)._replace(params=run.params, F=run.F, run=run, first=run, F_mark=run.F)
+
+    return wrapped._replace(init_traced=init_traced)
 
 
 class RestartState(NamedTuple):

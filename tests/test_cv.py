@@ -253,3 +253,26 @@ def test_default_grid_follows_the_data_and_the_solver(data):
     hals = cv.axes(resolve(RunConfig(solver="hals", data="x.csv", cv=K, rank=(3,))), d)
     assert hals == {"rank": (3,), "l2": (0.0,), "loss": ("frobenius",)}  # hals uses neither l2 nor the loss
     assert len(cv.grid(ax)) == 2 * 3 * 2
+
+
+def test_surprise_baseline_scores_the_runs_own_held_out_entries(cli_run, data, tmp_path):
+    pytest.importorskip("surprise")
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "experiments"))
+    import surprise_baseline
+
+    table, _, cfg = surprise_baseline.run_split(str(cli_run))
+    t = data["table"]
+    key = lambda tb, sel: set(zip(tb.rows[sel].tolist(), tb.cols[sel].tolist()))
+    assert key(table, table.is_val) == key(t, t.is_val) and key(table, ~table.is_val) == key(t, ~t.is_val)
+    assert cfg.rank == 2  # the refit's rank: the baselines get the rank cross-validation chose
+    assert surprise_baseline.main([str(cli_run), "--out", str(tmp_path / "s.json")]) == 0
+    rec = results.read_json(str(tmp_path / "s.json"))
+    assert rec["n_val"] == int(t.is_val.sum()) and set(rec["surprise"]) == {"svd", "nmf"}
+    for name, key in (("svd", "reg_all"), ("nmf", "reg_pu")):
+        r = rec["surprise"][name]
+        reg = r["cv_choice"][key]
+        assert min(r["cv_rmse"], key=r["cv_rmse"].get) == str(reg)  # chosen on the training entries' folds
+        assert r["cv_choice"]["val_mse"] == r["grid"][str(reg)]["val_mse"]

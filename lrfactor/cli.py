@@ -46,7 +46,7 @@ def _listed(kind, name):
     def parse(text: str) -> tuple:
         return tuple(kind(x.strip()) for x in text.split(","))
 
-    parse.__name__ = {int: "integer list", float: "number list"}.get(kind, "list")  # argparse names it in errors
+    parse.__name__ = kind.__name__  # argparse names it in errors: "invalid int value: '2,x'"
     return parse
 
 

@@ -29,6 +29,10 @@ report). ``--cv K``:
    (``Solver.traced``; gauss_newton takes l2 as one): one compiled batch per
    (rank, loss) for gauss_newton, per (rank, loss, l2) for the others. Each
    element starts from the initialization its seed gives in a plain run.
+   (adam and sgd keep the question's ReduceLROnPlateau, which watches the
+   held-out entries, here the fold, as Keras' ``validation_data`` would;
+   with ``--inner-val`` both callbacks watch a split of the fold's training
+   entries instead and the fold is only scored.)
 4. **Scores and the choice** (:func:`scores`). A (fold, setting) is scored by
    the held-out MSE on the fold of its seed with the lowest final training
    objective (the seed a plain run predicts with); a setting by the mean of
@@ -181,7 +185,7 @@ def run_grid(cfg: RunConfig, table: tables.Table, fold: np.ndarray, settings: li
     ``cfg``: the run's settings (solver, steps, precision, ...); each element
     runs ``cfg`` with its setting's values, on the problem of its fold.
     """
-    k = int(fold.max()) + 1 if np.any(fold >= 0) else 0
+    k = cfg.cv
     dtype = jnp.float64 if cfg.precision == 64 else jnp.float32
     n, m = table.shape
     kind = experiment._layout(cfg, cfg.layout, n, m)

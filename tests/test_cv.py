@@ -240,6 +240,21 @@ def test_fit_takes_lists_with_cv_only():
         lrfactor.fit(V, train, val, rank=[2, 2], cv=2)
 
 
+def test_fit_cross_validates_and_returns_the_refit(data):
+    import lrfactor
+
+    V, train, val = data["table"].to_dense()
+    fit = lrfactor.fit(V, train, val, solver="hals", cv=2, rank=[5, 2], seeds=1, steps=40)
+    choice = fit.cv["choice"]["setting"]
+    assert fit.cv["axes"]["rank"] == [5, 2]  # the grid in the order given
+    assert fit.cv["choice"]["index"] == int(np.argmin(np.mean(fit.cv["scores"]["val_mse"], axis=0)))
+    r = choice["rank"]
+    assert fit.config.rank == r and fit.config.cv == 0 and fit.W.shape == (1, 30, r)
+    assert fit.summary["cv"]["choice"] == choice
+    P = fit.W[0] @ fit.H[0].T
+    np.testing.assert_allclose(fit.summary["final"]["val_mse"][0], np.mean((P - V)[val] ** 2), rtol=1e-9)
+
+
 def test_default_grid_follows_the_data_and_the_solver(data):
     t = data["table"]
     fold = cv.assign_folds(t.rows[~t.is_val], t.cols[~t.is_val], t.shape, K, 0)

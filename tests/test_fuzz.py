@@ -299,8 +299,8 @@ run_flags = st.lists(st.sampled_from([
 
 def _valid(argv):
     try:
-        C.validate(cli.RunConfig(**{k: v for k, v in vars(cli.parser().parse_args(argv)).items()
-                                    if k in C.FIELDS and v is not None}))
+        C.validate(cli.RunConfig(**C.grid_settings({k: v for k, v in vars(cli.parser().parse_args(argv)).items()
+                                                    if k in C.FIELDS and v is not None})))
         return True
     except (C.ConfigError, cli.UsageError):
         return False

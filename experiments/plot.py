@@ -3,6 +3,7 @@
     python experiments/plot.py results/adam-seed                   # PNGs into the run folder
     python experiments/plot.py results/adam results/gn --out figs  # each run's figures + compare.png
     python experiments/plot.py results/success-map                 # a success map (map.json): success_map.png
+    python experiments/plot.py results/sales-cv                    # a --cv run: its figures + cv.png (cv.json)
 
 Bad input ends with exit status 2 and one line naming the problem.
 """
@@ -33,7 +34,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    from lrfactor.plots import PlotError, load, plot_compare, plot_run, plot_success_map
+    from lrfactor.plots import PlotError, load, plot_compare, plot_cv, plot_run, plot_success_map
 
     def fail(message) -> int:
         print(f"error: {message}", file=sys.stderr)
@@ -47,6 +48,9 @@ def main(argv=None) -> int:
             if args.out and len(maps) > 1:
                 return fail("--out takes one success map at a time (each writes success_map.png)")
             written = [plot_success_map(d, args.out) for d in maps]
+        elif len(args.runs) == 1 and os.path.isfile(os.path.join(args.runs[0], "cv.json")) and \
+                not os.path.isfile(os.path.join(args.runs[0], "history.npz")):
+            written = [plot_cv(args.runs[0], args.out)]  # a cross-validation whose refit did not run
         else:
             runs = [load(d) for d in args.runs]
             names = [os.path.basename(os.path.normpath(d)) for d in args.runs]

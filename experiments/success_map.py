@@ -225,7 +225,7 @@ def resolved_config(flags: list):
     try:
         args = cli.parser().parse_args(flags)
         given = {name: getattr(args, name) for name in C.FIELDS if getattr(args, name) is not None}
-        return C.resolve(C.validate(C.RunConfig(**given)))
+        return C.resolve(C.validate(C.RunConfig(**C.grid_settings(given))))
     except (cli.UsageError, C.ConfigError) as e:
         raise MapError(f"run.py {' '.join(flags)}: {e}") from None
 

@@ -41,6 +41,7 @@ class Fit:
     config: RunConfig  # every setting used, defaults filled in
     row_ids: Optional[np.ndarray] = None  # (n,) ids of the rows when the data came from a table or arrays
     col_ids: Optional[np.ndarray] = None  # (m,) ids of the columns
+    cv: Optional[dict] = None  # with cv=K: what cv.json holds (grid, fold scores, choice); the rest is the refit
 
     @property
     def best(self) -> int:
@@ -72,7 +73,10 @@ def fit(V=None, train_mask=None, val_mask=None, *, table: Optional[tables.Table]
     question's recipe by default), where each seed draws its own data.
 
     ``settings``: every ``RunConfig`` field (``rank``, ``solver``, ``seeds``,
-    ``steps``, ``loss``, ``l2``, ``precision``, ...). ``out``: a folder to
+    ``steps``, ``loss``, ``l2``, ``precision``, ...). With ``cv=K``, ``rank``,
+    ``l2`` and ``loss`` may be lists: K-fold cross-validation on the training
+    entries chooses among them (lrfactor/cv.py), and the fit is the refit of
+    the choice (``config`` its settings, ``cv`` the scores). ``out``: a folder to
     write the run's files to, as the command line does (default: nothing is
     written). Precision 64 runs with JAX's float64 switched on inside this
     call only.
@@ -93,16 +97,25 @@ def fit(V=None, train_mask=None, val_mask=None, *, table: Optional[tables.Table]
     unknown = sorted(set(settings) - set(C.FIELDS))
     if unknown:
         raise C.ConfigError(f"unknown settings {', '.join(unknown)}; see lrfactor.config.RunConfig")
-    cfg = RunConfig(**settings)
+    cfg = RunConfig(**C.grid_settings(settings))
     probe = dataclasses.replace(cfg, data=_ARRAYS) if table is not None else cfg
     C.validate(probe)
     cfg = C.resolve(cfg)
     C.check_paths(cfg)
+    rec = None
     with jax.enable_x64(cfg.precision == 64):
-        prep = experiment.prepare(cfg, table=table)
-        outcome = experiment.run_prepared(prep, cfg.out, progress=progress)
+        if cfg.cv:
+            from lrfactor import cv
+
+            cvp = cv.prepare(cfg, table=table)
+            outcome, rec = cv.execute(cvp, cfg.out, progress=progress)
+            prep = cvp.prep
+            cfg = cv.refit_config(cvp, cvp.settings[rec["choice"]["index"]])
+        else:
+            prep = experiment.prepare(cfg, table=table)
+            outcome = experiment.run_prepared(prep, cfg.out, progress=progress)
     p = outcome.params
     W, H = (np.exp(p.A), np.exp(p.B)) if hasattr(p, "A") and hasattr(p, "B") else (None, None)
     t = prep.table
     return Fit(W=W, H=H, summary=outcome.summary, history=outcome.history, config=cfg,
-               row_ids=None if t is None else t.row_ids, col_ids=None if t is None else t.col_ids)
+               row_ids=None if t is None else t.row_ids, col_ids=None if t is None else t.col_ids, cv=rec)

@@ -40,6 +40,16 @@ def field_help() -> dict:
     return {k: v for k, v in found.items() if k in C.FIELDS}
 
 
+def _listed(kind, name):
+    """An argparse type: a comma-separated list of ``kind`` values, as a tuple."""
+
+    def parse(text: str) -> tuple:
+        return tuple(kind(x.strip()) for x in text.split(","))
+
+    parse.__name__ = kind.__name__  # argparse names it in errors: "invalid int value: '2,x'"
+    return parse
+
+
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="run.py", allow_abbrev=False,
                 description="Fit V ≈ exp(A) exp(B)ᵀ on a mask, many seeds at once.",
@@ -57,6 +67,9 @@ def parser() -> argparse.ArgumentParser:
             continue
         kind = int if name in C.INTS else float if name in C.FLOATS else str
         metavar = "|".join(map(str, known[name])) if name in known else None
+        if name in C.CV_GRID:  # a comma list of values (cross-validation chooses among them)
+            kind = _listed(kind, name)
+            metavar = f"{metavar or name.upper()}[,...]"
         p.add_argument(C.flag(name), dest=name, type=kind, default=None, metavar=metavar, help=helps.get(name))
     p.add_argument("--resume", metavar="DIR", default=None,
                    help="continue the interrupted run saved in DIR with its saved settings (no other flag but --quiet)")
@@ -67,7 +80,7 @@ def parser() -> argparse.ArgumentParser:
 def config_from_args(args) -> RunConfig:
     """The validated, resolved config of the parsed flags, with its output folder. Raises ConfigError."""
     given = {name: getattr(args, name) for name in C.FIELDS if getattr(args, name) is not None}
-    cfg = C.resolve(C.validate(RunConfig(**given)))
+    cfg = C.resolve(C.validate(RunConfig(**C.grid_settings(given))))
     if cfg.out is None:
         from lrfactor.experiment import default_out
 
@@ -76,7 +89,13 @@ def config_from_args(args) -> RunConfig:
     from lrfactor.solvers import make_solver
 
     try:  # solver factories refuse settings they cannot honour; nothing is computed here
-        make_solver(cfg, {"n_train_max": cfg.batch_size})
+        lists = C.grid_lists(cfg)
+        for name, vals in lists.items() or [(None, ())]:
+            for v in vals or (None,):
+                one = {a: vs[0] for a, vs in lists.items()}
+                if name is not None:
+                    one[name] = v
+                make_solver(dataclasses.replace(cfg, **one), {"n_train_max": cfg.batch_size})
     except ValueError as e:
         raise ConfigError(str(e).splitlines()[0]) from None
     return cfg
@@ -122,11 +141,12 @@ def main(argv=None) -> int:
         import jax
 
         jax.config.update("jax_enable_x64", cfg.precision == 64)
+        from lrfactor import cv
         from lrfactor.experiment import execute, prepare
         from lrfactor.problems import ProblemError
 
         try:
-            prep = prepare(cfg)
+            prep = cv.prepare(cfg) if cfg.cv else prepare(cfg)
         except ProblemError as e:
             raise UsageError(str(e)) from None
         try:  # the first thing written; check_paths vetted the path, the disk has the last word
@@ -137,9 +157,29 @@ def main(argv=None) -> int:
         msg = " ".join(str(e).split())  # one line, whatever the message held
         print(f"error: {msg}", file=sys.stderr)
         return 2
-    summary = execute(cfg, out, resume=args.resume is not None, progress=not args.quiet, prep=prep)
+    if cfg.cv:
+        try:
+            outcome, rec = cv.execute(prep, out, progress=not args.quiet)
+        except cv.CVError as e:
+            print(f"error: cross-validation: {e}", file=sys.stderr)
+            return 1
+        report_cv(rec)
+        summary = outcome.summary
+    else:
+        summary = execute(cfg, out, resume=args.resume is not None, progress=not args.quiet, prep=prep)
     report(summary, out)
     return 0
+
+
+def report_cv(rec: dict) -> None:
+    """The grid's mean fold scores, the choice marked."""
+    sc = rec["scores"]
+    print(f"{rec['k']}-fold cross-validation, {len(rec['settings'])} settings, {rec['wall_s']:.1f} s:")
+    for g, s in enumerate(rec["settings"]):
+        mark = "  <- chosen" if g == rec["choice"]["index"] else ""
+        mean, std = sc["mean_val_mse"][g], sc["std_val_mse"][g]
+        shown = "failed" if mean is None else f"{mean:.4g} ± {std:.2g}"
+        print(f"  {'  '.join(f'{k} {v}' for k, v in s.items())}: fold val MSE {shown}{mark}")
 
 
 def report(summary: dict, out: str) -> None:

@@ -44,9 +44,9 @@ class RunConfig:
     seeds: int = 0  # number of seeds run at once; 0 = the solver's default (4 for gauss_newton, 10 for adam/sgd)
     seed: int = 0  # first seed; seeds seed ... seed + seeds - 1 must lie in [0, 2**32)
     steps: Optional[int] = None  # step budget: iterations (gauss_newton, default 500), sweeps (hals/mu, 2000), epochs (adam/sgd/mlp, 10000)
-    rank: int = 8  # model rank r (the question's model_rank)
-    loss: str = "frobenius"  # frobenius (MSE, additive noise), kl (generalized KL, counts; V >= 0) or log (squared log ratio, multiplicative noise; V > 0); mu: frobenius and kl
-    l2: Optional[float] = None  # l2·(ΣA²+ΣB²) added to the train MSE; default 1e-6 for adam/sgd/mlp (the question's), 0 for gauss_newton
+    rank: int = 8  # model rank r (the question's model_rank); with --cv a comma list of ranks to choose from
+    loss: str = "frobenius"  # frobenius (MSE, additive noise), kl (generalized KL, counts; V >= 0) or log (squared log ratio, multiplicative noise; V > 0); mu: frobenius and kl; with --cv a comma list
+    l2: Optional[float] = None  # l2·(ΣA²+ΣB²) added to the train MSE; default 1e-6 for adam/sgd/mlp (the question's), 0 for gauss_newton; with --cv a comma list
     reg: float = 0.0  # reg·(ΣW²+ΣH²), a penalty on the factors themselves (not their logs), added to the training objective
     precision: Optional[int] = None  # 32 or 64; default 32 for minibatch optimizers (as Keras), 64 otherwise
     init: str = "keras"  # initial log-factors: keras U(-0.05, 0.05) or scaled (see lrfactor.factors)
@@ -61,6 +61,9 @@ class RunConfig:
     val_fraction: float = 0.2  # fraction of the lines held out when there is no split column
     split_seed: int = 0  # seed of that random split
     predict: Optional[str] = None  # file of (row id, column id) pairs to predict, or "missing" (every unobserved pair)
+    # Model selection (lrfactor/cv.py).
+    cv: int = 0  # K-fold cross-validation on the training entries over the comma lists of --rank/--l2/--loss, then a refit of the best; 0 = off
+    cv_seed: int = 0  # seed of the assignment of the training entries to folds
     # Synthetic problem (the question's recipe); only without --data.
     n: int = 1000  # rows
     m: int = 100  # columns
@@ -80,6 +83,7 @@ class RunConfig:
     plateau_min_delta: float = 0.1  # ReduceLROnPlateau min_delta (absolute, > 0)
     plateau_factor: float = 0.1  # ReduceLROnPlateau factor
     min_lr: float = 1e-4  # ReduceLROnPlateau min_lr (at most lr: the rate never rises)
+    inner_val: float = 0.0  # hold out this fraction of the training entries: both callbacks monitor its val_loss, the run ends on its best epoch; 0 = the question's setup
     # Gauss-Newton / Levenberg-Marquardt.
     damping: str = "levenberg"  # levenberg (λI) or marquardt (λ·diag JᵀJ, floored and capped)
     lambda0: float = 1e-3  # initial damping, relative to the mean diagonal of JᵀJ
@@ -200,12 +204,32 @@ USES = {
     "xtol": GN,
     "eps": ("hals", "mu"),
     "predict": FACTOR_SOLVERS,  # predictions come from the factors W Hᵀ
+    "cv": FACTOR_SOLVERS,  # folds are scored by W Hᵀ on the held-out fold
+    "cv_seed": FACTOR_SOLVERS,
+    "inner_val": FIRST_ORDER,
     "mlp_steps": ("mlp",),
     "mlp_dims": ("mlp",),
 }
 
 SYNTHETIC = ("n", "m", "true_rank", "decay", "observed", "noise")
 TABLE = ("row_key", "col_key", "value_key", "split_key", "val_fraction", "split_seed", "predict")
+
+# Settings that --cv chooses among (each a comma list on the command line, a
+# list in lrfactor.fit), with the values it tries when one is not given: a
+# function of the data (lrfactor.cv.DataSummary) and of the config. A new grid
+# axis is one more line here. Axes a solver does not use keep their one value.
+CV_GRID = {
+    # Ranks up to 16 that the matrix allows, with no more parameters r·(n + m)
+    # than a fold fits entries: beyond that the fit interpolates.
+    "rank": lambda d, cfg: tuple(r for r in (2, 4, 8, 12, 16) if r <= min(d.n, d.m) and r * (d.n + d.m) <= d.n_fit)
+    or (1,),
+    # No penalty and two relative to the data: s = mean V² / max(n, m) is about
+    # the curvature of the data term per log-parameter of the less observed
+    # side, so l2 = 1e-3·s and 1e-1·s move the log-factors by ~0.1 % and ~10 %.
+    "l2": lambda d, cfg: (0.0, 1e-3 * d.mean_sq / max(d.n, d.m), 1e-1 * d.mean_sq / max(d.n, d.m)),
+    # Every loss the solver can minimise.
+    "loss": lambda d, cfg: choices()["loss"],
+}
 
 
 def _optimizer(cfg: RunConfig) -> str:
@@ -245,6 +269,10 @@ def unused_reason(name: str, cfg: RunConfig, known: Optional[dict] = None) -> Op
         return "--split-key gives the split"
     if name == "split_seed" and cfg.split_key is not None:
         return "--split-key gives the split"
+    if name == "cv" and not cfg.data:
+        return "cross-validation needs --data (with the synthetic problem every seed draws its own data)"
+    if name == "cv_seed" and not cfg.cv:
+        return "cross-validation is off (--cv 0)"
     return None
 
 
@@ -287,11 +315,11 @@ def _in(lo=None, hi=None, lo_open=False, hi_open=False, text=None):
 
 
 U32 = 2**32
-INTS = ("seeds", "seed", "steps", "rank", "precision", "split_seed", "n", "m", "true_rank", "batch_size", "patience",
+INTS = ("seeds", "seed", "steps", "rank", "precision", "split_seed", "cv", "cv_seed", "n", "m", "true_rank", "batch_size", "patience",
         "plateau_patience", "cg_iters", "refine", "restarts", "mlp_steps", "hessian_every", "lanczos_steps",
         "slq_probes", "chunk")
 FLOATS = ("l2", "reg", "val_fraction", "decay", "observed", "noise", "lr", "momentum", "min_delta", "plateau_min_delta",
-          "plateau_factor", "min_lr", "lambda0", "cg_tol", "max_step", "ftol", "gtol", "xtol", "eps")
+          "plateau_factor", "min_lr", "inner_val", "lambda0", "cg_tol", "max_step", "ftol", "gtol", "xtol", "eps")
 BOOLS = ("early_stopping", "backtrack")
 STRINGS = ("solver", "loss", "init", "data", "layout", "row_key", "col_key", "value_key", "split_key", "predict",
            "optimizer", "damping", "linear_solver", "schur_precision", "mlp_dims", "out")
@@ -305,6 +333,8 @@ RANGES = {
     "reg": _in(0),
     "val_fraction": _in(0, 1, hi_open=True),  # 1 would leave nothing to fit
     "split_seed": _in(0),
+    "cv": _in(0, text=">= 2 (or 0: off)"),  # 1 is refused in _combinations: one fold has nothing to fit
+    "cv_seed": _in(0),
     "n": _in(1),
     "m": _in(1),
     "true_rank": _in(1),
@@ -322,6 +352,7 @@ RANGES = {
     "plateau_min_delta": _in(0, lo_open=True),  # optax's reduce_on_plateau needs a positive tolerance
     "plateau_factor": _in(0, 1, lo_open=True, hi_open=True),
     "min_lr": _in(0),
+    "inner_val": _in(0, 1, hi_open=True),  # 1 would leave nothing to fit
     "lambda0": _in(0, lo_open=True),  # λ is updated multiplicatively: 0 stays 0 and the step is singular (gauge)
     "cg_iters": _in(1),
     "cg_tol": _in(0, 1, lo_open=True, hi_open=True),
@@ -369,9 +400,24 @@ def check_types(cfg: RunConfig) -> None:
 def validate(cfg: RunConfig) -> RunConfig:
     """Check ``cfg`` (as given, or resolved); return it unchanged. Raises ConfigError (one line).
 
-    Pure: reads no file. Order: types, choices, ranges, unused settings,
-    combinations.
+    Pure: reads no file. Order: lists of values (``--cv`` only; each value is
+    then checked as a single setting), types, choices, ranges, unused
+    settings, combinations.
     """
+    lists = grid_lists(cfg)
+    if lists:
+        name, vals = next(iter(lists.items()))
+        if not cfg.cv:
+            raise ConfigError(f"{flag(name)} {_show(vals)}: a list of values needs --cv K, which chooses among "
+                              f"them by K-fold cross-validation")
+        for name, vals in lists.items():
+            if not vals:
+                raise ConfigError(f"{flag(name)}: an empty list of values")
+            if len(set(vals)) != len(vals):
+                raise ConfigError(f"{flag(name)} {_show(vals)}: a value is listed twice")
+            for v in vals:  # each value as a single setting, the other lists at their first value
+                validate(dataclasses.replace(cfg, **{**{a: vs[0] for a, vs in lists.items()}, name: v}))
+        return cfg
     check_types(cfg)
     known = choices()
     for name, allowed in known.items():
@@ -404,10 +450,40 @@ def validate(cfg: RunConfig) -> RunConfig:
 def _show(v) -> str:
     if isinstance(v, bool):
         return "on" if v else "off"
+    if isinstance(v, (tuple, list)):
+        return ",".join(map(str, v))
     return str(v)
 
 
+def grid_lists(cfg: RunConfig) -> dict:
+    """The settings of ``CV_GRID`` that hold a list of values: {name: tuple}."""
+    return {a: tuple(getattr(cfg, a)) for a in CV_GRID if isinstance(getattr(cfg, a), (tuple, list))}
+
+
+def grid_settings(settings: dict) -> dict:
+    """Settings as given (command line or keywords) in the form the config holds them.
+
+    With ``cv`` on, every given setting of ``CV_GRID`` becomes a tuple (one
+    value is a list of one): a tuple is a given axis, a plain value one left
+    to the default grid. Without ``cv`` a list of one value is that value (a
+    longer list is refused by :func:`validate`).
+    """
+    out = dict(settings)
+    for a in CV_GRID:
+        if a not in out or out[a] is None:
+            continue
+        v = out[a]
+        many = isinstance(v, (tuple, list))
+        if out.get("cv"):
+            out[a] = tuple(v) if many else (v,)
+        elif many:
+            out[a] = tuple(v)[0] if len(v) == 1 else tuple(v)
+    return out
+
+
 def _combinations(cfg: RunConfig, known: dict) -> None:
+    if cfg.cv == 1:
+        raise ConfigError("--cv must be >= 2 (or 0: off): one fold leaves nothing to fit")
     if cfg.data is None and cfg.rank > min(cfg.n, cfg.m):
         raise ConfigError(f"--rank {cfg.rank} must be between 1 and min(n, m) = {min(cfg.n, cfg.m)}")
     if cfg.solver in MINIBATCH and cfg.lr is not None and cfg.min_lr > cfg.lr:

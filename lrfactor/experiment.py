@@ -454,6 +454,13 @@ SCHEMA_2_FILL = {"layout": "dense", "linear_solver": "dense_schur", "cg_iters": 
 ADDED_OFF = {"reg": 0.0}
 
 
+# Settings added later whose absence from a record means the run did not use
+# them, with the value under which they change nothing: a cross-validation
+# writes its refit as a plain run (cv 0), and no run before inner_val had an
+# inner split.
+ADDED_OFF = {"cv": 0, "cv_seed": 0, "inner_val": 0.0}
+
+
 def load_config(out: str) -> RunConfig:
     """The config of the run saved in ``out``, as it ran. Raises ConfigError when it cannot be honoured.
 
@@ -484,6 +491,7 @@ def load_config(out: str) -> RunConfig:
 def _honour(saved: dict, schema: int) -> RunConfig:
     from lrfactor.config import ConfigError
 
+    saved = {**ADDED_OFF, **saved}
     try:
         probe = RunConfig(**{k: v for k, v in saved.items() if k in config_mod.FIELDS})
     except TypeError as e:

@@ -27,7 +27,10 @@ Figures (each a function of loaded runs returning a matplotlib Figure; the
   (Dauphin et al. 2014, "Identifying and attacking the saddle point problem");
 - ``compare.png``: several runs (first-order, Gauss-Newton, ...) side by side;
 - ``success_map.png``: a success map's rates per (axis, value) and solver
-  (``map.json`` of experiments/success_map.py).
+  (``map.json`` of experiments/success_map.py);
+- ``cv.png``: a cross-validated run's grid (``cv.json`` of lrfactor/cv.py):
+  the mean fold held-out MSE of every setting with its spread over the folds,
+  the choice marked.
 """
 
 from __future__ import annotations
@@ -69,9 +72,25 @@ def load(folder: str) -> dict:
     for key in ("train_mse", "val_mse"):
         if key not in h or np.ndim(h[key]) != 2:
             raise PlotError(f"{folder}: history.npz lacks a (seeds, steps) '{key}'")
+    cv_path = os.path.join(folder, "cv.json")
+    if os.path.exists(cv_path):
+        run["cv"] = load_cv(folder)
     run["folder"] = folder
     run["name"] = run_name(run)
     return run
+
+
+def load_cv(folder: str) -> dict:
+    """``cv.json`` of a cross-validated run, checked for what :func:`cv_figure` needs."""
+    try:
+        rec = results.read_json(os.path.join(folder, "cv.json"))
+        settings, scores = rec["settings"], rec["scores"]["val_mse"]
+        if not settings or np.shape(scores) != (rec["k"], len(settings)):
+            raise ValueError("scores do not match the grid")
+        rec["axes"], rec["choice"]["index"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise PlotError(f"{folder}: unreadable cv.json ({type(e).__name__}: {e})") from None
+    return rec
 
 
 def run_name(run: dict) -> str:
@@ -468,6 +487,8 @@ def plot_run(run: dict, out: Optional[str] = None, prefix: str = "") -> list:
     fig = success_figure(run)
     if fig is not None:
         paths.append(_save(fig, os.path.join(out, prefix + "success.png")))
+    if "cv" in run:
+        paths.append(_save(cv_figure(run["cv"]), os.path.join(out, prefix + "cv.png")))
     if "hessian" in run:
         paths.append(_save(hessian_traces_figure(run), os.path.join(out, prefix + "hessian_traces.png")))
         if "lanczos_alpha" in run["hessian"]:
@@ -482,7 +503,61 @@ def plot_compare(runs: Sequence[dict], out: Optional[str] = None) -> str:
     return _save(compare_figure(runs), os.path.join(out, "compare.png"))
 
 
-__all__ = ["PlotError", "load", "loss_figure", "success_curve", "success_figure", "hessian_traces_figure", "spectral_density_figure",
+def _score(x) -> float:
+    return np.nan if x is None else float(x)
+
+
+def cv_figure(rec: dict) -> plt.Figure:
+    """Mean fold held-out MSE of every setting of a cross-validation, the spread over folds, the choice.
+
+    The x axis is the rank when the grid has several (else the first axis with
+    several values, else the settings in order); one line per combination of
+    the other axes. Error bars: one standard deviation over the folds; dots:
+    the single folds. A failed setting (a non-finite fold score) has no point.
+    """
+    settings = rec["settings"]
+    fold = np.vectorize(_score, otypes=[float])(np.asarray(rec["scores"]["val_mse"], dtype=object))
+    mean = np.vectorize(_score, otypes=[float])(np.asarray(rec["scores"]["mean_val_mse"], dtype=object))
+    std = np.vectorize(_score, otypes=[float])(np.asarray(rec["scores"]["std_val_mse"], dtype=object))
+    axes = rec["axes"]
+    varied = [a for a, v in axes.items() if len(v) > 1]
+    x_axis = "rank" if "rank" in varied else (varied[0] if varied else None)
+    others = [a for a in varied if a != x_axis]
+    lines = {}
+    for g, s in enumerate(settings):
+        lines.setdefault(tuple(s[a] for a in others), []).append(g)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    numeric = x_axis is not None and all(isinstance(v, (int, float)) for v in axes[x_axis])
+    ticks = list(axes[x_axis]) if x_axis else list(range(len(settings)))
+    pos = (lambda g: settings[g][x_axis] if numeric else ticks.index(settings[g][x_axis])) if x_axis else (lambda g: g)
+    for colour, (key, members) in zip(_colors(len(lines)), lines.items()):
+        x = np.asarray([pos(g) for g in members], float)
+        label = ", ".join(f"{a} {v:g}" if isinstance(v, float) else f"{a} {v}" for a, v in zip(others, key)) or None
+        ax.errorbar(x, mean[members], yerr=std[members], color=colour, marker="o", capsize=3, label=label)
+        for g in members:
+            ax.plot(np.full(fold.shape[0], pos(g)), fold[:, g], ".", color=colour, alpha=0.35)
+    c = rec["choice"]["index"]
+    if c is not None:
+        ax.plot([pos(c)], [mean[c]], marker="*", markersize=16, color="k", linestyle="none",
+                label="chosen: " + ", ".join(f"{a} {v}" for a, v in settings[c].items()))
+    if not numeric:
+        ax.set_xticks(range(len(ticks)), [str(t) for t in ticks])
+    ax.set_xlabel(x_axis or "setting")
+    ax.set_ylabel(f"held-out MSE on the fold (mean over {rec['k']} folds)")
+    if np.all(fold[np.isfinite(fold)] > 0):
+        ax.set_yscale("log")
+    ax.set_title(f"{rec['k']}-fold cross-validation ({rec['solver']}, {len(rec['seeds'])} seeds, best seed per fold)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_cv(folder: str, out: Optional[str] = None, prefix: str = "") -> str:
+    """``cv.png`` from a folder's cv.json alone (a cross-validation whose refit is not there)."""
+    return _save(cv_figure(load_cv(folder)), os.path.join(out or folder, prefix + "cv.png"))
+
+
+__all__ = ["PlotError", "load", "load_cv", "cv_figure", "plot_cv", "loss_figure", "success_curve", "success_figure", "hessian_traces_figure", "spectral_density_figure",
            "loss_vs_index_figure", "compare_figure", "slq_density", "quadrature_nodes", "plot_run", "plot_compare"]
 
 

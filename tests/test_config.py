@@ -17,6 +17,7 @@ OTHER = {
     "solver": "hals", "seeds": 2, "seed": 5, "steps": 7, "rank": 3, "loss": "kl", "l2": 1e-3, "reg": 1e-3, "precision": 32,
     "init": "scaled", "data": "x.npz", "layout": "dense", "row_key": "product", "col_key": "store",
     "value_key": "sales", "split_key": "split", "val_fraction": 0.3, "split_seed": 4, "predict": "missing",
+    "cv": 3, "cv_seed": 2, "inner_val": 0.2,
     "n": 50, "m": 20, "true_rank": 5, "decay": 1.0, "observed": 0.3, "noise": 0.1, "optimizer": "rmsprop",
     "lr": 0.5, "momentum": 0.5, "batch_size": 64, "early_stopping": False, "patience": 5, "min_delta": 0.5,
     "plateau_patience": 5, "plateau_min_delta": 0.5, "plateau_factor": 0.5, "min_lr": 1e-5,
@@ -39,6 +40,10 @@ def applies(name):
         kw["split_key"] = None
     if name in ("n", "m", "true_rank"):
         kw["rank"] = 1
+    if name in ("cv", "cv_seed"):
+        kw["data"] = "x.csv"
+    if name == "cv_seed":
+        kw["cv"] = 2
     return kw
 
 
@@ -113,7 +118,7 @@ def test_incompatible_combinations(argv, match):
 # Just outside and on the edge of each range.
 EDGES = {
     "seeds": (-1, 0), "seed": (-1, 0), "steps": (0, 1), "rank": (0, 1), "l2": (-1e-9, 0.0), "reg": (-1e-9, 0.0),
-    "val_fraction": (1.0, 0.0), "split_seed": (-1, 0), "n": (0, 1), "m": (0, 1), "true_rank": (0, 1),
+    "val_fraction": (1.0, 0.0), "split_seed": (-1, 0), "cv": (-1, 0), "cv_seed": (-1, 0), "inner_val": (1.0, 0.0), "n": (0, 1), "m": (0, 1), "true_rank": (0, 1),
     "decay": (-0.5, 0.0), "observed": (0.0, 0.99), "noise": (-0.1, 0.0), "lr": (0.0, 1e-3),
     "momentum": (1.0, 0.0), "batch_size": (0, 1), "patience": (0, 1), "min_delta": (-0.1, 0.0),
     "plateau_patience": (0, 1), "plateau_min_delta": (0.0, 1e-9), "plateau_factor": (1.0, 0.99),

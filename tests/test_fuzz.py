@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from lrfactor import cli, experiment
+from lrfactor import cli, cv, experiment
 from lrfactor import config as C
 
 TINY = ["--n", "20", "--m", "10", "--steps", "2", "--seeds", "1", "--quiet"]
@@ -47,6 +47,7 @@ def no_run(monkeypatch):
         raise Started(out)
 
     monkeypatch.setattr(experiment, "execute", execute)
+    monkeypatch.setattr(cv, "execute", execute)  # a cross-validation (--cv) starts here
 
 
 def call(argv):
@@ -298,8 +299,8 @@ run_flags = st.lists(st.sampled_from([
 
 def _valid(argv):
     try:
-        C.validate(cli.RunConfig(**{k: v for k, v in vars(cli.parser().parse_args(argv)).items()
-                                    if k in C.FIELDS and v is not None}))
+        C.validate(cli.RunConfig(**C.grid_settings({k: v for k, v in vars(cli.parser().parse_args(argv)).items()
+                                                    if k in C.FIELDS and v is not None})))
         return True
     except (C.ConfigError, cli.UsageError):
         return False

@@ -10,7 +10,7 @@ lrfactor/problems.py; solvers see it through lrfactor/layout.py.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 
@@ -31,3 +31,9 @@ class Solver(NamedTuple):
     objective: Callable[[Params, Any], jax.Array]  # the training objective it minimises
     # Extra per-step scalars recorded into history.npz (name -> fn(state) -> scalar).
     extras: tuple = ()
+    # Settings the state carries as values rather than factory constants, so that
+    # one compiled batch may give each element its own (cross-validation over
+    # l2). ``init_traced(params, problem, key, {name: value})`` is ``init`` with
+    # those values; ``objective`` keeps the factory's.
+    traced: tuple = ()
+    init_traced: Optional[Callable[..., State]] = None

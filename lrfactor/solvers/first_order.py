@@ -25,6 +25,16 @@ semantics:
   losses); an epoch improves when ``loss + min_delta < best``. After
   ``patience`` epochs without improvement the seed is done and its parameters
   are restored to those of the best epoch.
+
+``inner_val`` F > 0 (``--inner-val``, off in the question's setup) is Keras'
+``validation_split`` with ``EarlyStopping(monitor='val_loss',
+restore_best_weights=True)``, the practitioner's natural fix: a fraction F of
+the training entries (the same entries for every epoch, drawn once from a
+fixed key, at least one) is held out of the minibatches, ``val_loss`` is
+measured on it, and both callbacks monitor that ``val_loss``; the run's
+held-out entries are then only ever reported. The run ends on the weights of
+the epoch with the best monitored ``val_loss``, whether early stopping fired
+or the budget ran out.
 """
 
 from __future__ import annotations
@@ -56,9 +66,10 @@ class FirstOrderState(NamedTuple):
     best_params: Any  # parameters at EarlyStopping's best epoch (restore_best_weights)
     callbacks: KerasCallbacks
     loss: jax.Array  # () the epoch's training loss, as Keras logs 'loss'
-    val_loss: jax.Array  # () held-out MSE + penalty, as Keras logs 'val_loss'
+    val_loss: jax.Array  # () held-out MSE + penalty, as Keras logs 'val_loss' (on the inner split with inner_val)
     key: jax.Array  # PRNG key for the next epoch's shuffle
     done: jax.Array  # () bool: early stopping fired
+    inner: Any = None  # entry array (bool): training entries held out as the monitored split; None without inner_val
 
 
 def plateau_transform(factor: float, patience: int, min_delta: float, base_lr: float, min_lr: float):
@@ -76,8 +87,14 @@ def init_callbacks(params, plateau) -> KerasCallbacks:
     )
 
 
-def end_of_epoch(cb: KerasCallbacks, plateau, params, best_params, loss, val_loss, patience, min_delta, early_stopping):
-    """Apply both callbacks after an epoch. Returns (callbacks, best_params, params, done)."""
+def end_of_epoch(cb: KerasCallbacks, plateau, params, best_params, loss, val_loss, patience, min_delta, early_stopping,
+                 final=False):
+    """Apply both callbacks after an epoch. Returns (callbacks, best_params, params, done).
+
+    ``loss`` is what EarlyStopping monitors, ``val_loss`` what ReduceLROnPlateau
+    monitors. ``final`` (traced): the budget ends with this epoch; the best
+    weights are restored as when early stopping fires.
+    """
     _, pstate = plateau.update(jax.tree.map(jnp.zeros_like, params), cb.plateau, params, value=val_loss)
     improved = loss + min_delta < cb.best_loss  # Keras: monitor_op(current - min_delta, best), min_delta negated
     best_loss = jnp.where(improved, loss, cb.best_loss)
@@ -85,13 +102,24 @@ def end_of_epoch(cb: KerasCallbacks, plateau, params, best_params, loss, val_los
     keep = improved | (cb.epoch == 0)
     best_params = jax.tree.map(lambda new, old: jnp.where(keep, new, old), params, best_params)
     wait = jnp.where(improved, 0, cb.wait + 1)
-    done = early_stopping & (wait >= patience) & (cb.epoch > 0)
+    done = (early_stopping & (wait >= patience) & (cb.epoch > 0)) | final
     params = jax.tree.map(lambda b, p: jnp.where(done, b, p), best_params, params)
     return KerasCallbacks(pstate, best_loss, wait, cb.epoch + 1), best_params, params, done
 
 
-def shuffled_batches(key, problem, n_batches: int, batch_size: int):
-    """A random order of the training entries cut into ``n_batches`` minibatches.
+def inner_split(problem, fraction: float, key):
+    """The training entries with the lowest ``round(fraction · N)`` (at least one) of one U(0, 1)
+    draw per matrix position: an entry array (bool), the same on either layout."""
+    M = layout.mask(problem)
+    score = jnp.where(M, layout.entry_uniform(problem, key, layout.dtype(problem)), 2.0)
+    k = jnp.maximum(1, jnp.round(fraction * jnp.sum(M))).astype(jnp.int32)
+    kth = jnp.sort(score.reshape(-1))[k - 1]
+    return M & (score <= kth)
+
+
+def shuffled_batches(key, problem, n_batches: int, batch_size: int, fitted=None):
+    """A random order of the training entries (those of the entry array ``fitted``
+    when given) cut into ``n_batches`` minibatches.
 
     Returns (rows, cols, values, valid), each (n_batches, batch_size): entries
     past the seed's number of training entries are padding (the last batch is
@@ -99,7 +127,7 @@ def shuffled_batches(key, problem, n_batches: int, batch_size: int):
     one U(0, 1) draw per matrix position i·m + j (lrfactor.layout.entry_uniform),
     so it is the same on either layout.
     """
-    flat = layout.mask(problem).reshape(-1)
+    flat = (layout.mask(problem) if fitted is None else fitted).reshape(-1)
     score = jnp.where(flat, layout.entry_uniform(problem, key, jnp.zeros(()).dtype).reshape(-1), 2.0)
     order = jnp.argsort(score)
     total = n_batches * batch_size
@@ -107,6 +135,9 @@ def shuffled_batches(key, problem, n_batches: int, batch_size: int):
     valid = jnp.arange(total) < jnp.sum(flat)
     shape = (n_batches, batch_size)
     return tuple(x.reshape(shape) for x in layout.entry_coords(problem, order)) + (valid.reshape(shape),)
+
+
+INNER_SEED = 0  # draws the inner split: the same entries for every seed of one problem
 
 
 def make_optimizer(name: str, lr: float, momentum: float = 0.9):
@@ -153,12 +184,12 @@ def make_minibatch_trainer(
     and Keras' ``val_loss`` are the same loss's mean plus the penalty.
     """
     plateau = plateau_transform(cfg.plateau_factor, cfg.plateau_patience, cfg.plateau_min_delta, base_lr, cfg.min_lr)
+    inner_val = getattr(cfg, "inner_val", 0.0)
 
     def objective(params, problem):
         return jnp.asarray(losses.data_loss(predict(params, problem, "train"), problem, fit_loss, "train") + penalty(params))
 
     def init(params, problem, key):
-        del problem
         return FirstOrderState(
             params=params,
             opt_state=optimizer.init(params),
@@ -168,11 +199,13 @@ def make_minibatch_trainer(
             val_loss=jnp.asarray(jnp.nan, jnp.zeros(()).dtype),
             key=key,
             done=jnp.asarray(False),
+            inner=inner_split(problem, inner_val, jax.random.PRNGKey(INNER_SEED)) if inner_val > 0 else None,
         )
 
     def step(state: FirstOrderState, problem) -> FirstOrderState:
         key, sub = jax.random.split(state.key)
-        b_rows, b_cols, b_vals, valid = shuffled_batches(sub, problem, n_batches, batch_size)
+        fitted = None if state.inner is None else layout.mask(problem) & ~state.inner
+        b_rows, b_cols, b_vals, valid = shuffled_batches(sub, problem, n_batches, batch_size, fitted)
         lr = base_lr * state.callbacks.plateau.scale
         hyper = state.opt_state.hyperparams
         opt_state = state.opt_state._replace(
@@ -209,12 +242,18 @@ def make_minibatch_trainer(
             batch, (state.params, opt_state, zero, zero), (b_rows, b_cols, b_vals, valid)
         )
         loss = loss_sum / count
-        val_loss = losses.data_loss(predict(params, problem, "val"), problem, fit_loss, "val") + penalty(params)
+        if state.inner is None:
+            val_loss = losses.data_loss(predict(params, problem, "val"), problem, fit_loss, "val") + penalty(params)
+            monitored, final = loss, False
+        else:  # Keras' validation_split: val_loss on the inner split, monitored by both callbacks
+            e = losses.entry_loss(predict(params, problem, "train"), layout.values(problem), fit_loss)
+            val_loss = jnp.sum(jnp.where(state.inner, e, 0.0)) / jnp.sum(state.inner) + penalty(params)
+            monitored, final = val_loss, state.callbacks.epoch + 1 >= cfg.steps
         callbacks, best_params, params, done = end_of_epoch(
-            state.callbacks, plateau, params, state.best_params, loss, val_loss,
-            cfg.patience, cfg.min_delta, cfg.early_stopping,
+            state.callbacks, plateau, params, state.best_params, monitored, val_loss,
+            cfg.patience, cfg.min_delta, cfg.early_stopping, final,
         )
-        return FirstOrderState(params, opt_state, best_params, callbacks, loss, val_loss, key, done)
+        return FirstOrderState(params, opt_state, best_params, callbacks, loss, val_loss, key, done, state.inner)
 
     extras = (
         ("loss", lambda s: s.loss),

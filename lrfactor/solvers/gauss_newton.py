@@ -99,6 +99,7 @@ class GNState(NamedTuple):
     cg_iters: jax.Array  # () int32: CG iterations of the last step's solve (0 for dense_schur)
     cg_relres: jax.Array  # () relative residual of the last reduced solve (0 for dense_schur)
     done: jax.Array  # () bool: a stopping test fired
+    l2: jax.Array  # () weight of the L2 penalty: a value, not a constant, so one batch may give each element its own
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -136,7 +137,7 @@ def balance_gauge(p: Factors, l2: float = 1.0, reg: float = 0.0) -> Factors:
     la = jax.scipy.special.logsumexp(2 * p.A, axis=0)  # log ‖W_k‖²
     lb = jax.scipy.special.logsumexp(2 * p.B, axis=0)
     c2 = (lb - la) / 4
-    if l2 == 0:
+    if isinstance(l2, (int, float)) and l2 == 0:  # a traced l2 (0 or not) takes the bisection
         return Factors(p.A + c2, p.B - c2)
     sA, sB = jnp.sum(p.A, axis=0), jnp.sum(p.B, axis=0)
 
@@ -150,8 +151,13 @@ def balance_gauge(p: Factors, l2: float = 1.0, reg: float = 0.0) -> Factors:
         return jnp.where(up, lo, mid), jnp.where(up, mid, hi)
 
     lo, hi = jax.lax.fori_loop(0, GAUGE_BISECTIONS, halve, (jnp.minimum(c1, c2), jnp.maximum(c1, c2)))
-    c = 0.5 * (lo + hi)
+    c = jnp.where(l2 == 0, c2, 0.5 * (lo + hi))  # a traced l2 of 0: the closed form
     return Factors(p.A + c, p.B - c)
+
+
+def balance_if_penalised(p: Factors, l2) -> Factors:
+    """:func:`balance_gauge` when there is an L2 term (l2 > 0, traced), ``p`` itself otherwise."""
+    return jax.tree.map(lambda a, b: jnp.where(l2 > 0, a, b), balance_gauge(p), p)
 
 
 def damping_diagonal(U, S, damping: str):
@@ -280,37 +286,39 @@ def make_gauss_newton(
                                       schur_dtype=schur_dtype, refine=refine)
         return linear.schur_pcg(prob, W, H, omega, U, S, dX, dY, bX, bY, cg_iters=cg_iters, cg_tol=cg_tol)
 
-    penalised = l2 > 0 or reg > 0
-
-    def balance(p):
-        return balance_gauge(p, l2, reg) if penalised else p
+    def balance(p, weight):
+        """The gauge at its penalty's minimum: ``weight`` is this element's l2 (traced), ``reg`` a constant."""
+        return balance_gauge(p, weight, reg) if reg > 0 else balance_if_penalised(p, weight)
 
     def objective(p, problem):
         return losses.objective(p, problem, loss, l2, reg)
 
-    def F_of(p, problem):
-        return scaled_objective(p, problem, loss, l2, reg)
+    def F_of(p, problem, weight):
+        return scaled_objective(p, problem, loss, weight, reg)
 
-    def init_state(p: Factors, problem, key=None) -> GNState:
+    def init_state(p: Factors, problem, key=None, weight=None) -> GNState:
+        """The state at ``p``; ``weight``: this element's L2 weight (default: the factory's ``l2``)."""
         del key
-        p = balance(p)
+        weight = jnp.asarray(l2 if weight is None else weight, layout.dtype(problem))
+        p = balance(p, weight)
         X, Y, prob, _ = oriented(p, problem)
         W, H = jnp.exp(X), jnp.exp(Y)
         _, omega = bk.psi_omega(layout.entry_products(prob, W, H), layout.values(prob), layout.mask(prob), loss)
         U, S = bk.normal_blocks(prob, W, H, omega)
         diag = jnp.concatenate([jnp.diagonal(U, axis1=1, axis2=2).ravel(), jnp.diagonal(S, axis1=1, axis2=2).ravel()])
         lam = lambda0 * jnp.mean(diag)
-        F = F_of(p, problem)
+        F = F_of(p, problem, weight)
         return GNState(
             params=p, F=F, lam=lam, nu=jnp.asarray(2.0, F.dtype),
             accepted=jnp.asarray(True), n_accepted=jnp.asarray(0, jnp.int32),
             grad_inf=jnp.asarray(jnp.inf, F.dtype), rho=jnp.asarray(jnp.nan, F.dtype),
             cg_iters=jnp.asarray(0, jnp.int32), cg_relres=jnp.zeros((), F.dtype), done=jnp.asarray(False),
+            l2=weight,
         )
 
     def step(state: GNState, problem, cap=None) -> GNState:
         """One damped step; ``cap`` (traced, ≤ 0 = none) bounds max|Δ| in log space."""
-        pen = _scale(problem, loss) * l2
+        pen = _scale(problem, loss) * state.l2
         fpen = _scale(problem, loss) * reg if reg > 0 else None
         X, Y, prob, flip = oriented(state.params, problem)
         W, H = jnp.exp(X), jnp.exp(Y)
@@ -342,8 +350,8 @@ def make_gauss_newton(
         if fpen is not None:
             quad = quad + jnp.sum(fX * stepX**2) + jnp.sum(fY * stepY**2)
         pred = -lin - 0.5 * quad
-        new_params = balance(unorient(X + stepX, Y + stepY, flip))
-        F_new = F_of(new_params, problem)
+        new_params = balance(unorient(X + stepX, Y + stepY, flip), state.l2)
+        F_new = F_of(new_params, problem, state.l2)
         ok, rho, lam, nu = trust_update(state.F, F_new, pred, state.lam, state.nu)
         dnorm = jnp.sqrt(jnp.sum(stepX**2) + jnp.sum(stepY**2))
         if backtrack:
@@ -355,9 +363,9 @@ def make_gauss_newton(
             fracs = jnp.asarray(BACKTRACK, F_new.dtype)
 
             def at(t):  # the point a fraction t along the step
-                return balance(unorient(X + t * stepX, Y + t * stepY, flip))
+                return balance(unorient(X + t * stepX, Y + t * stepY, flip), state.l2)
 
-            F_t = jax.vmap(lambda t: F_of(at(t), problem))(fracs)
+            F_t = jax.vmap(lambda t: F_of(at(t), problem, state.l2))(fracs)
             k = jnp.argmin(jnp.where(jnp.isfinite(F_t), F_t, jnp.inf))
             t, F_b = fracs[k], F_t[k]
             pred_b = -t * lin - 0.5 * t * t * quad
@@ -374,7 +382,7 @@ def make_gauss_newton(
         theta = jnp.sqrt(jnp.sum(X**2) + jnp.sum(Y**2))
         done = converged(ok, state.F, F_new, g_inf, dnorm, theta, nu, ftol, gtol, xtol)
         return GNState(params, F, lam, nu, ok, state.n_accepted + ok.astype(jnp.int32), g_inf, rho,
-                       cg_k, cg_rel.astype(F.dtype), done)
+                       cg_k, cg_rel.astype(F.dtype), done, state.l2)
 
     base_cap = max_step if max_step > 0 else None
     extras = (
@@ -392,10 +400,19 @@ def make_gauss_newton(
         predict=lambda p, problem, which="train": layout.predictions(problem, p, which),
         objective=objective,
         extras=extras,
+        traced=("l2",),
+        init_traced=lambda p, problem, key, settings: init_state(p, problem, key, settings["l2"]),
     )
     if restarts == 0:
         return solver
-    return with_restarts(solver, init_state, step, restarts, lambda0, max_step, stall_window, stall_rtol)
+    wrapped = with_restarts(solver, init_state, step, restarts, lambda0, max_step, stall_window, stall_rtol)
+
+    def init_traced(p, problem, key, settings):
+        # The restart bookkeeping of a fresh run, around a first run with this element's l2.
+        run = init_state(p, problem, key, settings["l2"])
+        return wrapped.init(p, problem, key)._replace(params=run.params, F=run.F, run=run, first=run, F_mark=run.F)
+
+    return wrapped._replace(init_traced=init_traced)
 
 
 class RestartState(NamedTuple):

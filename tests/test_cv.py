@@ -1,0 +1,293 @@
+"""K-fold cross-validation (lrfactor/cv.py): folds, the batch against single runs, the choice, cv.json, refusals.
+
+One small noisy problem of true rank 2 (30 × 20, 5 % Gaussian noise, 80 %
+observed, a fifth of the lines held out) serves every test; the grid is
+rank {2, 5} × l2 {0, 1e-3} for gauss_newton (one compiled batch per rank,
+l2 a value per element) and rank {2, 5} for hals through the command line.
+"""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lrfactor import cli, cv, experiment, results, tables
+from lrfactor.config import ConfigError, RunConfig, resolve, validate
+
+K = 3
+SEEDS = [0, 1]
+STEPS = 30
+# The reduced system factored in float64 too: with the default float32
+# factorization (refined once) a batched and a single solve agree to ~1e-10
+# absolute in the log-factors after 30 iterations, not to rounding.
+EXACT = {"schur_precision": "full"}
+
+
+def noisy_table(seed=0, n=30, m=20, rank=2, noise=0.05, observed=0.8):
+    rng = np.random.default_rng(seed)
+    W, H = np.exp(rng.normal(size=(n, rank))), np.exp(rng.normal(size=(m, rank)))
+    V = W @ H.T
+    V = np.abs(V + noise * V.std() * rng.normal(size=V.shape))
+    seen = rng.random((n, m)) < observed
+    val = seen & (rng.random((n, m)) < 0.2)
+    return V, seen & ~val, val
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    V, train, val = noisy_table()
+    d = tmp_path_factory.mktemp("cv")
+    i, j = np.nonzero(train | val)
+    pd.DataFrame({"row": i, "col": j, "value": V[i, j], "split": np.where(val[i, j], "val", "train")}).to_csv(
+        d / "noisy.csv", index=False, float_format="%.17g")
+    return {"table": tables.table_from_dense(V, train, val), "csv": str(d / "noisy.csv"), "dir": d}
+
+
+@pytest.fixture(scope="module")
+def grid_run(data):
+    """rank {2, 5} × l2 {0, 1e-3} for gauss_newton, every fold and seed in two compiled batches."""
+    cfg = resolve(RunConfig(solver="gauss_newton", data="noisy.csv", cv=K, rank=(2, 5), l2=(0.0, 1e-3),
+                            loss=("frobenius",), seeds=len(SEEDS), steps=STEPS, **EXACT))
+    cvp = cv.prepare(cfg, table=data["table"])
+    return cfg, cvp, cv.run_grid(cfg, cvp.prep.table, cvp.fold, cvp.settings, SEEDS)
+
+
+# ---------------------------------------------------------------------------
+# Folds
+
+
+def test_folds_partition_the_training_entries_and_keep_every_row_and_column(data):
+    t = data["table"]
+    tr = ~t.is_val
+    rows, cols = t.rows[tr], t.cols[tr]
+    for seed in (0, 1, 2):
+        fold = cv.assign_folds(rows, cols, t.shape, K, seed)
+        assert fold.shape == rows.shape and set(np.unique(fold)) <= {cv.PINNED, *range(K)}
+        sizes = [np.count_nonzero(fold == f) for f in range(K)]
+        assert max(sizes) - min(sizes) <= t.shape[0]  # dealt round each row: at most one apart per row
+        for f in range(K):
+            fitted = fold != f
+            assert np.all(np.bincount(rows[fitted], minlength=t.shape[0]) > 0)
+            assert np.all(np.bincount(cols[fitted], minlength=t.shape[1]) > 0)
+            # Each row holds ⌊c/K⌋ or ⌈c/K⌉ of its c entries in fold f, before pinning moves one out.
+            c = np.bincount(rows, minlength=t.shape[0])
+            in_f = np.bincount(rows[fold == f], minlength=t.shape[0])
+            assert np.all(in_f <= -(-c // K))
+
+
+def test_a_row_with_one_training_entry_is_pinned_and_never_held_out():
+    # Row 0 has a single entry; column 3 has two, in a 3 x 4 matrix with K = 2.
+    rows = np.array([0, 1, 1, 1, 1, 2, 2, 2, 2])
+    cols = np.array([0, 0, 1, 2, 3, 0, 1, 2, 3])
+    fold = cv.assign_folds(rows, cols, (3, 4), 2, seed=0)
+    assert fold[0] == cv.PINNED
+    for f in range(2):
+        assert np.all(np.bincount(rows[fold != f], minlength=3) > 0)
+        assert np.all(np.bincount(cols[fold != f], minlength=4) > 0)
+
+
+def test_held_out_entries_never_reach_a_fold(grid_run, data):
+    _, cvp, _ = grid_run
+    V, train, val = data["table"].to_dense()
+    seen_val = []
+    for f in range(K):
+        p = experiment.problem_from_table(cv.fold_table(cvp.prep.table, cvp.fold, f), "dense", np.float64)
+        fit, score = np.asarray(p.train), np.asarray(p.val)
+        assert not np.any((fit | score) & val)  # the run's held-out entries: neither fitted nor scored
+        assert not np.any(fit & score)
+        assert np.array_equal(fit | score, train)  # the fold's fit and score are the training entries
+        seen_val.append(score)
+    total = np.sum(seen_val, axis=0)
+    assert total.max() == 1  # folds are disjoint
+    assert np.count_nonzero(total) == np.count_nonzero(cvp.fold != cv.PINNED)
+
+
+# ---------------------------------------------------------------------------
+# The batch
+
+
+def test_the_batch_equals_a_fold_and_setting_run_alone(grid_run):
+    # Fold 1 at rank 2, l2 1e-3: l2 a value in a batch where it also is 0, with restarts (the defaults).
+    cfg, cvp, res = grid_run
+    f, g = 1, 1
+    setting = cvp.settings[g]
+    assert setting == {"rank": 2, "l2": 1e-3, "loss": "frobenius"}
+    alone_cfg = validate(resolve(RunConfig(solver="gauss_newton", data="noisy.csv", seeds=len(SEEDS), steps=STEPS,
+                                           **setting, **EXACT)))
+    prep = experiment.prepare(alone_cfg, seeds=SEEDS, table=cv.fold_table(cvp.prep.table, cvp.fold, f))
+    alone = experiment.run_prepared(prep, None, progress=False)
+    np.testing.assert_allclose(res.params[f][g].A, alone.params.A, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(res.params[f][g].B, alone.params.B, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(res.val_mse[f, g], alone.summary["final"]["val_mse"], rtol=1e-10)
+    np.testing.assert_allclose(res.objective[f, g], alone.summary["final"]["objective"], rtol=1e-10)
+    assert list(res.steps[f, g]) == list(alone.summary["final"]["steps"])
+
+
+def test_one_batch_per_rank_with_l2_as_a_value(grid_run):
+    _, cvp, res = grid_run
+    assert [s["rank"] for s in cvp.settings] == [2, 2, 5, 5]
+    assert [g["settings"] for g in res.groups] == [[0, 1], [2, 3]]
+    assert [g["elements"] for g in res.groups] == [K * 2 * len(SEEDS)] * 2
+
+
+def test_cv_prefers_the_true_rank_to_an_overfitting_one(grid_run):
+    _, cvp, res = grid_run
+    sc = cv.scores(res)
+    mean = sc["mean_val_mse"]
+    # rank 5 has about as many parameters as a fold fits entries: it fits the noise.
+    for l2_index in (0, 1):
+        assert mean[l2_index] < 0.5 * mean[2 + l2_index]
+    assert cvp.settings[sc["choice"]]["rank"] == 2
+    # The choice is the lowest mean of the fold scores, each the best-objective seed's.
+    fold_val = sc["fold_val_mse"]
+    best = np.argmin(res.objective, axis=2)
+    assert fold_val[1, 2] == res.val_mse[1, 2, best[1, 2]]
+    assert sc["choice"] == int(np.argmin(fold_val.mean(axis=0)))
+
+
+# ---------------------------------------------------------------------------
+# The command line: grid, refit, cv.json, figure
+
+
+@pytest.fixture(scope="module")
+def cli_run(data):
+    out = data["dir"] / "hals-cv"
+    argv = ["--solver", "hals", "--data", data["csv"], "--split-key", "split", "--cv", str(K), "--rank", "2,5",
+            "--seeds", "2", "--steps", "60", "--out", str(out), "--quiet"]
+    assert cli.main(argv) == 0
+    return out
+
+
+def test_cli_writes_cv_json_and_the_refit_of_the_choice(cli_run, data):
+    rec = cv.load(str(cli_run))
+    assert rec["k"] == K and rec["axes"] == {"rank": [2, 5], "l2": [0.0], "loss": ["frobenius"]}
+    assert len(rec["scores"]["val_mse"]) == K and len(rec["scores"]["val_mse"][0]) == 2
+    mean = np.mean(np.asarray(rec["scores"]["val_mse"], float), axis=0)
+    np.testing.assert_allclose(rec["scores"]["mean_val_mse"], mean, rtol=1e-12)
+    choice = rec["choice"]["setting"]
+    assert rec["choice"]["index"] == int(np.argmin(mean)) and choice["rank"] == 2
+    run = results.load_run(str(cli_run))
+    cfg = run["config"]["config"]
+    assert cfg["rank"] == 2 and cfg["cv"] == 0  # config.json: the refit, a plain run
+    assert run["summary"]["cv"]["choice"] == choice and run["summary"]["cv"]["file"] == "cv.json"
+    # The refit fits all training entries: its train MSE is over them, its val MSE over the held-out ones.
+    V, train, val = data["table"].to_dense()
+    W, H = run["factors"]["W"], run["factors"]["H"]
+    assert W.shape[-1] == 2
+    for s in range(2):
+        P = W[s] @ H[s].T
+        np.testing.assert_allclose(run["summary"]["final"]["train_mse"][s], np.mean((P - V)[train] ** 2), rtol=1e-9)
+        np.testing.assert_allclose(run["summary"]["final"]["val_mse"][s], np.mean((P - V)[val] ** 2), rtol=1e-9)
+
+
+def test_cv_json_round_trip(cli_run):
+    rec = cv.load(str(cli_run))
+    again = json.loads(json.dumps(rec))
+    assert again == rec
+    path = cli_run / "copy.json"
+    results.write_json(str(path), rec)
+    assert results.read_json(str(path)) == rec
+    # Every fold score is a (fold, setting)'s best-objective seed's.
+    seed_val = np.asarray(rec["scores"]["seed_val_mse"], float)
+    seed_obj = np.asarray(rec["scores"]["seed_objective"], float)
+    best = np.argmin(seed_obj, axis=2)
+    np.testing.assert_array_equal(np.take_along_axis(seed_val, best[..., None], 2)[..., 0],
+                                  np.asarray(rec["scores"]["val_mse"], float))
+
+
+def test_cv_figure_from_the_saved_folder(cli_run, tmp_path):
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "experiments"))
+    import plot
+
+    assert plot.main([str(cli_run), "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "cv.png").stat().st_size > 0
+
+
+# ---------------------------------------------------------------------------
+# Refusals and defaults
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--rank", "2,4"], "--rank 2,4: a list of values needs --cv K"),
+    (["--data", "x.csv", "--l2", "0,1e-3"], "--l2 0.0,0.001: a list of values needs --cv K"),
+    (["--data", "x.csv", "--loss", "frobenius,kl", "--solver", "mu"], "a list of values needs --cv K"),
+    (["--cv", "3", "--rank", "2,4"], "cross-validation needs --data"),
+    (["--cv", "1", "--data", "x.csv"], "--cv must be >= 2"),
+    (["--cv", "3", "--data", "x.csv", "--rank", "2,2"], "listed twice"),
+    (["--cv", "3", "--data", "x.csv", "--rank", "2,0"], "--rank must be >= 1"),
+    (["--cv", "3", "--data", "x.csv", "--loss", "frobenius,kl", "--solver", "adam"], "--loss kl has no effect"),
+    (["--cv", "3", "--data", "x.csv", "--solver", "mlp"], "--cv 3 has no effect"),
+    (["--cv-seed", "2", "--data", "x.csv"], "cross-validation is off"),
+])
+def test_lists_and_cv_refused_where_they_mean_nothing(argv, message, tmp_path, capsys):
+    assert cli.main(argv + ["--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_fit_takes_lists_with_cv_only():
+    import lrfactor
+
+    V, train, val = noisy_table(n=8, m=6)
+    with pytest.raises(ConfigError, match="needs --cv"):
+        lrfactor.fit(V, train, val, rank=[2, 3])
+    with pytest.raises(ConfigError, match="listed twice"):
+        lrfactor.fit(V, train, val, rank=[2, 2], cv=2)
+
+
+def test_fit_cross_validates_and_returns_the_refit(data):
+    import lrfactor
+
+    V, train, val = data["table"].to_dense()
+    fit = lrfactor.fit(V, train, val, solver="hals", cv=2, rank=[5, 2], seeds=1, steps=40)
+    choice = fit.cv["choice"]["setting"]
+    assert fit.cv["axes"]["rank"] == [5, 2]  # the grid in the order given
+    assert fit.cv["choice"]["index"] == int(np.argmin(np.mean(fit.cv["scores"]["val_mse"], axis=0)))
+    r = choice["rank"]
+    assert fit.config.rank == r and fit.config.cv == 0 and fit.W.shape == (1, 30, r)
+    assert fit.summary["cv"]["choice"] == choice
+    P = fit.W[0] @ fit.H[0].T
+    np.testing.assert_allclose(fit.summary["final"]["val_mse"][0], np.mean((P - V)[val] ** 2), rtol=1e-9)
+
+
+def test_default_grid_follows_the_data_and_the_solver(data):
+    t = data["table"]
+    fold = cv.assign_folds(t.rows[~t.is_val], t.cols[~t.is_val], t.shape, K, 0)
+    d = cv.summarise(t, fold, K)
+    ax = cv.axes(resolve(RunConfig(solver="gauss_newton", data="x.csv", cv=K)), d)
+    # 30 x 20: rank 12 would have 600 parameters for ~260 entries a fold fits.
+    assert ax["rank"] == tuple(r for r in (2, 4, 8, 12, 16) if r * 50 <= d.n_fit) == (2, 4)
+    s = float(np.mean(t.vals[~t.is_val] ** 2)) / 30
+    np.testing.assert_allclose(ax["l2"], (0.0, 1e-3 * s, 1e-1 * s))
+    assert ax["loss"] == ("frobenius", "kl")
+    hals = cv.axes(resolve(RunConfig(solver="hals", data="x.csv", cv=K, rank=(3,))), d)
+    assert hals == {"rank": (3,), "l2": (0.0,), "loss": ("frobenius",)}  # hals uses neither l2 nor the loss
+    assert len(cv.grid(ax)) == 2 * 3 * 2
+
+
+def test_surprise_baseline_scores_the_runs_own_held_out_entries(cli_run, data, tmp_path):
+    pytest.importorskip("surprise")
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "experiments"))
+    import surprise_baseline
+
+    table, _, cfg = surprise_baseline.run_split(str(cli_run))
+    t = data["table"]
+    key = lambda tb, sel: set(zip(tb.rows[sel].tolist(), tb.cols[sel].tolist()))
+    assert key(table, table.is_val) == key(t, t.is_val) and key(table, ~table.is_val) == key(t, ~t.is_val)
+    assert cfg.rank == 2  # the refit's rank: the baselines get the rank cross-validation chose
+    assert surprise_baseline.main([str(cli_run), "--out", str(tmp_path / "s.json")]) == 0
+    rec = results.read_json(str(tmp_path / "s.json"))
+    assert rec["n_val"] == int(t.is_val.sum()) and set(rec["surprise"]) == {"svd", "nmf"}
+    for name, key in (("svd", "reg_all"), ("nmf", "reg_pu")):
+        r = rec["surprise"][name]
+        reg = r["cv_choice"][key]
+        assert min(r["cv_rmse"], key=r["cv_rmse"].get) == str(reg)  # chosen on the training entries' folds
+        assert r["cv_choice"]["val_mse"] == r["grid"][str(reg)]["val_mse"]

@@ -226,10 +226,32 @@ CV_GRID = {
     # No penalty and two relative to the data: s = mean V² / max(n, m) is about
     # the curvature of the data term per log-parameter of the less observed
     # side, so l2 = 1e-3·s and 1e-1·s move the log-factors by ~0.1 % and ~10 %.
-    "l2": lambda d, cfg: (0.0, 1e-3 * d.mean_sq / max(d.n, d.m), 1e-1 * d.mean_sq / max(d.n, d.m)),
-    # Every loss the solver can minimise.
-    "loss": lambda d, cfg: choices()["loss"],
+    "l2": lambda d, cfg: (0.0,),
+    # The penalty on the factors themselves: none and two relative to the data.
+    # At a balanced point ΣW² + ΣH² is about (n + m)·mean V, so reg = ρ·mean V²
+    # / ((n + m)·mean V) makes the penalty ρ of the data's second moment: ρ =
+    # 1e-3 and 1e-2 shrink the weak components without touching the strong.
+    # The question's l2 on the log-factors pulls every factor towards 1 and is
+    # in the grid only when given.
+    "reg": lambda d, cfg: (0.0,) + tuple(rho * d.mean_sq / ((d.n + d.m) * max(d.mean, 1e-300)) for rho in (1e-3, 1e-2)),
+    # Every loss the solver can minimise that the training values allow.
+    "loss": lambda d, cfg: tuple(l for l in _solver_losses(cfg.solver) if not _bad_for(l, d.min_val)),
 }
+
+
+def _solver_losses(solver: str) -> tuple:
+    """The losses ``solver`` minimises (the refusals of :func:`validate`, as a list)."""
+    if solver == "mu":
+        from lrfactor.solvers.nmf import MU_LOSSES
+
+        return tuple(MU_LOSSES)
+    return tuple(choices()["loss"])
+
+
+def _bad_for(loss: str, min_val: float) -> bool:
+    from lrfactor import losses
+
+    return bool(losses.bad_values(min_val, loss))
 
 
 def _optimizer(cfg: RunConfig) -> str:

@@ -128,12 +128,15 @@ class DataSummary(NamedTuple):
     m: int  # columns
     n_fit: int  # fewest entries any fold fits
     mean_sq: float  # mean V² over the training entries
+    mean: float  # mean V over the training entries
+    min_val: float  # smallest training value (which losses the data allow)
 
 
 def summarise(table: tables.Table, fold: np.ndarray, k: int) -> DataSummary:
     tr = ~table.is_val
     n_fit = min(int(np.count_nonzero(fold != f)) for f in range(k))
-    return DataSummary(table.shape[0], table.shape[1], n_fit, float(np.mean(table.vals[tr] ** 2)))
+    v = table.vals[tr]
+    return DataSummary(table.shape[0], table.shape[1], n_fit, float(np.mean(v**2)), float(np.mean(v)), float(np.min(v)))
 
 
 def axes(cfg: RunConfig, data: DataSummary) -> dict:
@@ -228,10 +231,10 @@ def run_grid(cfg: RunConfig, table: tables.Table, fold: np.ndarray, settings: li
         res = driver.run(solver, problem, carry, steps=gcfg.steps, chunk=gcfg.chunk, problem_axis=0,
                          progress=progress)
         p = jax.device_get(res.carry.state.params)
-        # The objective with each element's own l2 (the solver's objective holds
-        # its factory's); the loss is the same for the whole group.
-        l2s = jnp.asarray([settings[e[1]]["l2"] for e in elems], dtype)
-        obj = jax.jit(jax.vmap(lambda q, prob, w: losses.objective(q, prob, gcfg.loss, w)))(p, problem, l2s)
+        # The objective with each element's own penalties (the solver's objective
+        # holds its factory's); the loss is the same for the whole group.
+        l2s, regs = (jnp.asarray([settings[e[1]][a] for e in elems], dtype) for a in ("l2", "reg"))
+        obj = jax.jit(jax.vmap(lambda q, prob, w, f: losses.objective(q, prob, gcfg.loss, w, f)))(p, problem, l2s, regs)
         obj = np.asarray(obj)
         for i, (f, g, s) in enumerate(elems[: len(elems) - pad]):
             out["val_mse"][f, g, s] = res.history["val_mse"][i, -1]

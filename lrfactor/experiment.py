@@ -449,16 +449,11 @@ SCHEMA_2_FILL = {"layout": "dense", "linear_solver": "dense_schur", "cg_iters": 
                  "row_key": None, "col_key": None, "value_key": None, "split_key": None,
                  "val_fraction": 0.2, "split_seed": 0, "predict": None}
 
-# Settings added since, whose absence from a record says what the run did: it
-# had no such penalty.
-ADDED_OFF = {"reg": 0.0}
-
-
 # Settings added later whose absence from a record means the run did not use
-# them, with the value under which they change nothing: a cross-validation
-# writes its refit as a plain run (cv 0), and no run before inner_val had an
-# inner split.
-ADDED_OFF = {"cv": 0, "cv_seed": 0, "inner_val": 0.0}
+# them, with the value under which they change nothing: no run before reg had
+# a factor penalty, a cross-validation writes its refit as a plain run (cv 0),
+# and no run before inner_val had an inner split.
+ADDED_OFF = {"reg": 0.0, "cv": 0, "cv_seed": 0, "inner_val": 0.0}
 
 
 def load_config(out: str) -> RunConfig:

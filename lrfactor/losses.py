@@ -104,12 +104,13 @@ def data_loss(pred: jax.Array, problem, loss: str = "frobenius", which: str = "t
 
 
 def objective_penalty(p: Factors, l2: float = 0.0, reg: float = 0.0) -> jax.Array:
-    """l2·(ΣA² + ΣB²) + reg·(ΣW² + ΣH²); the second term only when reg is given, so that runs
-    without it compute exactly what they computed before it existed."""
+    """l2·(ΣA² + ΣB²) + reg·(ΣW² + ΣH²); the second term only when reg is nonzero (a traced
+    reg: selected by value), so that runs without it compute exactly what they computed
+    before it existed."""
     pen = l2 * l2_penalty(p)
-    if reg:
-        pen = pen + reg * factor_penalty(p)
-    return pen
+    if isinstance(reg, (int, float)):
+        return pen + reg * factor_penalty(p) if reg else pen
+    return jnp.where(reg > 0, pen + reg * factor_penalty(p), pen)
 
 
 def objective(p: Factors, problem, loss: str = "frobenius", l2: float = 0.0, reg: float = 0.0) -> jax.Array:

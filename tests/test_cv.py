@@ -48,7 +48,7 @@ def data(tmp_path_factory):
 def grid_run(data):
     """rank {2, 5} × l2 {0, 1e-3} for gauss_newton, every fold and seed in two compiled batches."""
     cfg = resolve(RunConfig(solver="gauss_newton", data="noisy.csv", cv=K, rank=(2, 5), l2=(0.0, 1e-3),
-                            loss=("frobenius",), seeds=len(SEEDS), steps=STEPS, **EXACT))
+                            reg=(0.0,), loss=("frobenius",), seeds=len(SEEDS), steps=STEPS, **EXACT))
     cvp = cv.prepare(cfg, table=data["table"])
     return cfg, cvp, cv.run_grid(cfg, cvp.prep.table, cvp.fold, cvp.settings, SEEDS)
 
@@ -112,7 +112,7 @@ def test_the_batch_equals_a_fold_and_setting_run_alone(grid_run):
     cfg, cvp, res = grid_run
     f, g = 1, 1
     setting = cvp.settings[g]
-    assert setting == {"rank": 2, "l2": 1e-3, "loss": "frobenius"}
+    assert setting == {"rank": 2, "l2": 1e-3, "reg": 0.0, "loss": "frobenius"}
     alone_cfg = validate(resolve(RunConfig(solver="gauss_newton", data="noisy.csv", seeds=len(SEEDS), steps=STEPS,
                                            **setting, **EXACT)))
     prep = experiment.prepare(alone_cfg, seeds=SEEDS, table=cv.fold_table(cvp.prep.table, cvp.fold, f))
@@ -154,14 +154,14 @@ def test_cv_prefers_the_true_rank_to_an_overfitting_one(grid_run):
 def cli_run(data):
     out = data["dir"] / "hals-cv"
     argv = ["--solver", "hals", "--data", data["csv"], "--split-key", "split", "--cv", str(K), "--rank", "2,5",
-            "--seeds", "2", "--steps", "60", "--out", str(out), "--quiet"]
+            "--reg", "0", "--seeds", "2", "--steps", "60", "--out", str(out), "--quiet"]
     assert cli.main(argv) == 0
     return out
 
 
 def test_cli_writes_cv_json_and_the_refit_of_the_choice(cli_run, data):
     rec = cv.load(str(cli_run))
-    assert rec["k"] == K and rec["axes"] == {"rank": [2, 5], "l2": [0.0], "loss": ["frobenius"]}
+    assert rec["k"] == K and rec["axes"] == {"rank": [2, 5], "l2": [0.0], "reg": [0.0], "loss": ["frobenius"]}
     assert len(rec["scores"]["val_mse"]) == K and len(rec["scores"]["val_mse"][0]) == 2
     mean = np.mean(np.asarray(rec["scores"]["val_mse"], float), axis=0)
     np.testing.assert_allclose(rec["scores"]["mean_val_mse"], mean, rtol=1e-12)
@@ -219,7 +219,7 @@ def test_cv_figure_from_the_saved_folder(cli_run, tmp_path):
     (["--cv", "1", "--data", "x.csv"], "--cv must be >= 2"),
     (["--cv", "3", "--data", "x.csv", "--rank", "2,2"], "listed twice"),
     (["--cv", "3", "--data", "x.csv", "--rank", "2,0"], "--rank must be >= 1"),
-    (["--cv", "3", "--data", "x.csv", "--loss", "frobenius,kl", "--solver", "adam"], "--loss kl has no effect"),
+    (["--cv", "3", "--data", "x.csv", "--loss", "frobenius,kl", "--solver", "hals"], "--loss kl has no effect"),
     (["--cv", "3", "--data", "x.csv", "--solver", "mlp"], "--cv 3 has no effect"),
     (["--cv-seed", "2", "--data", "x.csv"], "cross-validation is off"),
 ])
@@ -262,12 +262,15 @@ def test_default_grid_follows_the_data_and_the_solver(data):
     ax = cv.axes(resolve(RunConfig(solver="gauss_newton", data="x.csv", cv=K)), d)
     # 30 x 20: rank 12 would have 600 parameters for ~260 entries a fold fits.
     assert ax["rank"] == tuple(r for r in (2, 4, 8, 12, 16) if r * 50 <= d.n_fit) == (2, 4)
-    s = float(np.mean(t.vals[~t.is_val] ** 2)) / 30
-    np.testing.assert_allclose(ax["l2"], (0.0, 1e-3 * s, 1e-1 * s))
-    assert ax["loss"] == ("frobenius", "kl")
+    v = t.vals[~t.is_val]
+    s = float(np.mean(v**2)) / (50 * float(np.mean(v)))  # mean V² / ((n + m)·mean V)
+    assert ax["l2"] == (0.0,)  # the question's penalty only when given
+    np.testing.assert_allclose(ax["reg"], (0.0, 1e-3 * s, 1e-2 * s))
+    # the losses gauss_newton minimises that these values allow (the log loss needs V > 0)
+    assert ax["loss"] == (("frobenius", "kl", "log") if v.min() > 0 else ("frobenius", "kl"))
     hals = cv.axes(resolve(RunConfig(solver="hals", data="x.csv", cv=K, rank=(3,))), d)
-    assert hals == {"rank": (3,), "l2": (0.0,), "loss": ("frobenius",)}  # hals uses neither l2 nor the loss
-    assert len(cv.grid(ax)) == 2 * 3 * 2
+    assert hals == {"rank": (3,), "l2": (0.0,), "reg": tuple(ax["reg"]), "loss": ("frobenius",)}  # hals: no loss choice
+    assert len(cv.grid(ax)) == 2 * 1 * 3 * len(ax["loss"])
 
 
 def test_surprise_baseline_scores_the_runs_own_held_out_entries(cli_run, data, tmp_path):

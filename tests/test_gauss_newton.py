@@ -471,7 +471,7 @@ def _scripted_runs(script):
     def init_state(params, problem, key=None):
         z = jnp.zeros(())
         return gn.GNState(params, jnp.asarray(10.0), jnp.asarray(1.0), z + 2, jnp.asarray(True),
-                          jnp.asarray(0, jnp.int32), z, z, jnp.asarray(0, jnp.int32), z, jnp.asarray(False))
+                          jnp.asarray(0, jnp.int32), z, z, jnp.asarray(0, jnp.int32), z, jnp.asarray(False), z, z)
 
     def step(state, problem, cap):
         k = jnp.argmin(jnp.abs(jnp.asarray(key[:len(script)]) - (state.lam + 10 * cap)))

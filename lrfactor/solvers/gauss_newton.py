@@ -100,6 +100,7 @@ class GNState(NamedTuple):
     cg_relres: jax.Array  # () relative residual of the last reduced solve (0 for dense_schur)
     done: jax.Array  # () bool: a stopping test fired
     l2: jax.Array  # () weight of the L2 penalty: a value, not a constant, so one batch may give each element its own
+    reg: jax.Array  # () weight of the factor penalty reg·(ΣW² + ΣH²), a value for the same reason
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -132,7 +133,7 @@ def balance_gauge(p: Factors, l2: float = 1.0, reg: float = 0.0) -> Factors:
     """
     n, m = p.A.shape[0], p.B.shape[0]
     c1 = (m * jnp.mean(p.B, axis=0) - n * jnp.mean(p.A, axis=0)) / (n + m)
-    if reg == 0:
+    if isinstance(reg, (int, float)) and reg == 0:  # traced values take the general path below
         return Factors(p.A + c1, p.B - c1)
     la = jax.scipy.special.logsumexp(2 * p.A, axis=0)  # log ‖W_k‖²
     lb = jax.scipy.special.logsumexp(2 * p.B, axis=0)
@@ -151,13 +152,13 @@ def balance_gauge(p: Factors, l2: float = 1.0, reg: float = 0.0) -> Factors:
         return jnp.where(up, lo, mid), jnp.where(up, mid, hi)
 
     lo, hi = jax.lax.fori_loop(0, GAUGE_BISECTIONS, halve, (jnp.minimum(c1, c2), jnp.maximum(c1, c2)))
-    c = jnp.where(l2 == 0, c2, 0.5 * (lo + hi))  # a traced l2 of 0: the closed form
+    c = jnp.where(reg == 0, c1, jnp.where(l2 == 0, c2, 0.5 * (lo + hi)))  # traced zeros: the closed forms
     return Factors(p.A + c, p.B - c)
 
 
-def balance_if_penalised(p: Factors, l2) -> Factors:
-    """:func:`balance_gauge` when there is an L2 term (l2 > 0, traced), ``p`` itself otherwise."""
-    return jax.tree.map(lambda a, b: jnp.where(l2 > 0, a, b), balance_gauge(p), p)
+def balance_if_penalised(p: Factors, l2, reg=0.0) -> Factors:
+    """:func:`balance_gauge` when there is a penalty (l2 > 0 or reg > 0, either traced), ``p`` itself otherwise."""
+    return jax.tree.map(lambda a, b: jnp.where((l2 > 0) | (reg > 0), a, b), balance_gauge(p, l2, reg), p)
 
 
 def damping_diagonal(U, S, damping: str):
@@ -286,40 +287,39 @@ def make_gauss_newton(
                                       schur_dtype=schur_dtype, refine=refine)
         return linear.schur_pcg(prob, W, H, omega, U, S, dX, dY, bX, bY, cg_iters=cg_iters, cg_tol=cg_tol)
 
-    def balance(p, weight):
-        """The gauge at its penalty's minimum: ``weight`` is this element's l2 (traced), ``reg`` a constant."""
-        return balance_gauge(p, weight, reg) if reg > 0 else balance_if_penalised(p, weight)
-
     def objective(p, problem):
         return losses.objective(p, problem, loss, l2, reg)
 
-    def F_of(p, problem, weight):
-        return scaled_objective(p, problem, loss, weight, reg)
+    def F_of(p, problem, state_or_weights):
+        weight, fweight = state_or_weights
+        return scaled_objective(p, problem, loss, weight, fweight)
 
-    def init_state(p: Factors, problem, key=None, weight=None) -> GNState:
-        """The state at ``p``; ``weight``: this element's L2 weight (default: the factory's ``l2``)."""
+    def init_state(p: Factors, problem, key=None, weight=None, fweight=None) -> GNState:
+        """The state at ``p``; ``weight``, ``fweight``: this element's l2 and reg (default: the factory's)."""
         del key
         weight = jnp.asarray(l2 if weight is None else weight, layout.dtype(problem))
-        p = balance(p, weight)
+        fweight = jnp.asarray(reg if fweight is None else fweight, layout.dtype(problem))
+        p = balance_if_penalised(p, weight, fweight)
         X, Y, prob, _ = oriented(p, problem)
         W, H = jnp.exp(X), jnp.exp(Y)
         _, omega = bk.psi_omega(layout.entry_products(prob, W, H), layout.values(prob), layout.mask(prob), loss)
         U, S = bk.normal_blocks(prob, W, H, omega)
         diag = jnp.concatenate([jnp.diagonal(U, axis1=1, axis2=2).ravel(), jnp.diagonal(S, axis1=1, axis2=2).ravel()])
         lam = lambda0 * jnp.mean(diag)
-        F = F_of(p, problem, weight)
+        F = F_of(p, problem, (weight, fweight))
         return GNState(
             params=p, F=F, lam=lam, nu=jnp.asarray(2.0, F.dtype),
             accepted=jnp.asarray(True), n_accepted=jnp.asarray(0, jnp.int32),
             grad_inf=jnp.asarray(jnp.inf, F.dtype), rho=jnp.asarray(jnp.nan, F.dtype),
             cg_iters=jnp.asarray(0, jnp.int32), cg_relres=jnp.zeros((), F.dtype), done=jnp.asarray(False),
-            l2=weight,
+            l2=weight, reg=fweight,
         )
 
     def step(state: GNState, problem, cap=None) -> GNState:
         """One damped step; ``cap`` (traced, ≤ 0 = none) bounds max|Δ| in log space."""
         pen = _scale(problem, loss) * state.l2
-        fpen = _scale(problem, loss) * reg if reg > 0 else None
+        fpen = _scale(problem, loss) * state.reg
+        weights = (state.l2, state.reg)
         X, Y, prob, flip = oriented(state.params, problem)
         W, H = jnp.exp(X), jnp.exp(Y)
         P = layout.entry_products(prob, W, H)
@@ -329,9 +329,9 @@ def make_gauss_newton(
         DX, DY = damping_diagonal(U, S, damping)
         dX = 2 * pen + state.lam * DX
         dY = 2 * pen + state.lam * DY
-        if fpen is not None:  # the factor penalty's Gauss-Newton term, diagonal in log space
-            fX, fY = bk.factor_penalty_diagonal(W, H, fpen)
-            dX, dY = dX + fX, dY + fY
+        # The factor penalty's Gauss-Newton term, diagonal in log space (exact zeros without one).
+        fX, fY = bk.factor_penalty_diagonal(W, H, fpen)
+        dX, dY = dX + fX, dY + fY
         stepX, stepY, cg_k, cg_rel = solve(prob, W, H, omega, U, S, dX, dY, -gX, -gY)
 
         if cap is not None:
@@ -347,11 +347,10 @@ def make_gauss_newton(
         JD = bk.jvp(prob, W, H, stepX, stepY)
         lin = jnp.sum(gY * stepY) + jnp.sum(gX * stepX)
         quad = jnp.sum(omega * JD**2) + 2 * pen * (jnp.sum(stepX**2) + jnp.sum(stepY**2))
-        if fpen is not None:
-            quad = quad + jnp.sum(fX * stepX**2) + jnp.sum(fY * stepY**2)
+        quad = quad + jnp.sum(fX * stepX**2) + jnp.sum(fY * stepY**2)
         pred = -lin - 0.5 * quad
-        new_params = balance(unorient(X + stepX, Y + stepY, flip), state.l2)
-        F_new = F_of(new_params, problem, state.l2)
+        new_params = balance_if_penalised(unorient(X + stepX, Y + stepY, flip), *weights)
+        F_new = F_of(new_params, problem, weights)
         ok, rho, lam, nu = trust_update(state.F, F_new, pred, state.lam, state.nu)
         dnorm = jnp.sqrt(jnp.sum(stepX**2) + jnp.sum(stepY**2))
         if backtrack:
@@ -363,9 +362,9 @@ def make_gauss_newton(
             fracs = jnp.asarray(BACKTRACK, F_new.dtype)
 
             def at(t):  # the point a fraction t along the step
-                return balance(unorient(X + t * stepX, Y + t * stepY, flip), state.l2)
+                return balance_if_penalised(unorient(X + t * stepX, Y + t * stepY, flip), *weights)
 
-            F_t = jax.vmap(lambda t: F_of(at(t), problem, state.l2))(fracs)
+            F_t = jax.vmap(lambda t: F_of(at(t), problem, weights))(fracs)
             k = jnp.argmin(jnp.where(jnp.isfinite(F_t), F_t, jnp.inf))
             t, F_b = fracs[k], F_t[k]
             pred_b = -t * lin - 0.5 * t * t * quad
@@ -382,7 +381,7 @@ def make_gauss_newton(
         theta = jnp.sqrt(jnp.sum(X**2) + jnp.sum(Y**2))
         done = converged(ok, state.F, F_new, g_inf, dnorm, theta, nu, ftol, gtol, xtol)
         return GNState(params, F, lam, nu, ok, state.n_accepted + ok.astype(jnp.int32), g_inf, rho,
-                       cg_k, cg_rel.astype(F.dtype), done, state.l2)
+                       cg_k, cg_rel.astype(F.dtype), done, state.l2, state.reg)
 
     base_cap = max_step if max_step > 0 else None
     extras = (
@@ -400,8 +399,8 @@ def make_gauss_newton(
         predict=lambda p, problem, which="train": layout.predictions(problem, p, which),
         objective=objective,
         extras=extras,
-        traced=("l2",),
-        init_traced=lambda p, problem, key, settings: init_state(p, problem, key, settings["l2"]),
+        traced=("l2", "reg"),
+        init_traced=lambda p, problem, key, settings: init_state(p, problem, key, settings["l2"], settings["reg"]),
     )
     if restarts == 0:
         return solver
@@ -409,7 +408,7 @@ def make_gauss_newton(
 
     def init_traced(p, problem, key, settings):
         # The restart bookkeeping of a fresh run, around a first run with this element's l2.
-        run = init_state(p, problem, key, settings["l2"])
+        run = init_state(p, problem, key, settings["l2"], settings["reg"])
         return wrapped.init(p, problem, key)._replace(params=run.params, F=run.F, run=run, first=run, F_mark=run.F)
 
     return wrapped._replace(init_traced=init_traced)

@@ -104,6 +104,7 @@ class RunConfig:
     slq_probes: int = 4  # random probes for the spectral density / index
     # Driver.
     chunk: int = 0  # steps per compiled chunk between checkpoints; 0 = automatic
+    shard: str = "auto"  # axis sharded over the devices: seeds, entries (of a coordinate-list problem), or auto (seeds when there are at least as many seeds as devices, else entries on coordinate lists)
     out: Optional[str] = None  # output folder (new or empty); default a new folder under results/
 
 
@@ -124,7 +125,7 @@ def flag(name: str) -> str:
 
 def choices() -> dict:
     """Allowed values of every enumerated setting, read from the modules that implement them."""
-    from lrfactor import factors, layout, losses
+    from lrfactor import distributed, factors, layout, losses
     from lrfactor.solvers import SOLVERS, gauss_newton, linear, mlp
 
     return {
@@ -137,6 +138,7 @@ def choices() -> dict:
         "linear_solver": tuple(linear.LINEAR_SOLVERS),
         "layout": tuple(layout.LAYOUTS),
         "mlp_dims": tuple(mlp.DIMS),
+        "shard": tuple(distributed.SHARDS),
     }
 
 
@@ -292,7 +294,7 @@ FLOATS = ("l2", "val_fraction", "decay", "observed", "noise", "lr", "momentum", 
           "plateau_factor", "min_lr", "lambda0", "cg_tol", "max_step", "ftol", "gtol", "xtol", "eps")
 BOOLS = ("early_stopping", "backtrack")
 STRINGS = ("solver", "loss", "init", "data", "layout", "row_key", "col_key", "value_key", "split_key", "predict",
-           "optimizer", "damping", "linear_solver", "schur_precision", "mlp_dims", "out")
+           "optimizer", "damping", "linear_solver", "schur_precision", "mlp_dims", "out", "shard")
 
 RANGES = {
     "seeds": _in(0),  # 0 = the solver's default
@@ -415,6 +417,10 @@ def _combinations(cfg: RunConfig, known: dict) -> None:
                           f"--min-lr at most the learning rate (ReduceLROnPlateau only lowers the rate)")
     if cfg.solver == "gauss_newton" and cfg.linear_solver == "dense_schur" and cfg.layout == "coo":
         raise ConfigError("--linear-solver dense_schur needs dense masks; use schur_pcg (or auto) with --layout coo")
+    if cfg.shard == "entries" and (cfg.layout == "dense" or cfg.solver == "mlp"):
+        why = "the mlp solver needs dense masks" if cfg.solver == "mlp" else "--layout dense has none"
+        raise ConfigError(f"--shard entries shards the entries of coordinate lists, and {why}; "
+                          f"use --layout coo (or auto), or --shard seeds")
     if cfg.predict is not None and cfg.predict != "missing" and not cfg.predict.lower().endswith(TABLE_SUFFIXES):
         raise ConfigError(f"--predict {cfg.predict}: expected a .csv or .parquet table of (row id, column id) "
                           f"pairs, or 'missing'")

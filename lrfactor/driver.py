@@ -77,6 +77,33 @@ def default_placement() -> Optional[distributed.Placement]:
     return distributed.placement("seeds") if jax.device_count() > 1 else None
 
 
+DEFAULT = "default"  # run()'s placement when none is given: default_placement()
+
+
+def shardings(solver: Solver, carry: Carry, problem, problem_axis: Optional[int], pl: distributed.Placement):
+    """(carry shardings, record sharding) of a batch placed by ``pl``; checks that the batch fits it.
+
+    With entries sharded, the carry's leaves that are entry arrays (the HALS
+    residual) are sharded like the entries and the rest is replicated.
+    """
+    S = int(carry.t.shape[0])
+    axes = None
+    if pl.axis == "seeds" and S % pl.devices:
+        raise ValueError(f"{S} seeds do not split over {pl.devices} devices; pad the batch")
+    if pl.axis == "entries":
+        if not layout.is_coo(problem) or problem.shards != pl.devices:
+            raise ValueError(f"sharding the entries over {pl.devices} devices needs a coordinate-list problem "
+                             f"cut into {pl.devices} shards (problems.pad_entries)")
+        params = carry.state.params
+
+        def init(prob):
+            one = lambda p, q: Carry(solver.init(p, q, jax.random.PRNGKey(0)), jnp.asarray(0, jnp.int32))
+            return jax.vmap(one, in_axes=(0, problem_axis))(params, prob)
+
+        axes = distributed.entry_axes(init, carry, problem)
+    return distributed.carry_shardings(pl, carry, axes), distributed.record_sharding(pl)
+
+
 def _take(tree, idx):
     """The seeds ``idx`` of a batched host-side pytree."""
     return jax.tree.map(lambda x: np.asarray(x)[idx], tree)
@@ -110,7 +137,7 @@ def run(
     on_chunk: Optional[Callable] = None,
     progress: bool = True,
     compact: bool = True,
-    placement: Any = "default",
+    placement: Any = DEFAULT,
 ) -> RunResult:
     """Run (or continue) a batch of seeds to the step budget.
 
@@ -128,26 +155,11 @@ def run(
     carry is on the host (numpy).
     """
     S = int(carry.t.shape[0])
-    pl = default_placement() if placement == "default" else placement
+    pl = default_placement() if placement == DEFAULT else placement
     host_problem = problem
     csh = rsh = None
     if pl is not None:
-        if pl.axis == "seeds" and S % pl.devices:
-            raise ValueError(f"{S} seeds do not split over {pl.devices} devices; pad the batch")
-        axes = None
-        if pl.axis == "entries":
-            if not layout.is_coo(problem) or problem.shards != pl.devices:
-                raise ValueError(f"sharding the entries over {pl.devices} devices needs a coordinate-list problem "
-                                 f"cut into {pl.devices} shards (problems.pad_entries)")
-            params = carry.state.params
-
-            def init(prob):
-                one = lambda p, q: Carry(solver.init(p, q, jax.random.PRNGKey(0)), jnp.asarray(0, jnp.int32))
-                return jax.vmap(one, in_axes=(0, problem_axis))(params, prob)
-
-            axes = distributed.entry_axes(init, carry, problem)
-        csh = distributed.carry_shardings(pl, carry, axes)
-        rsh = distributed.record_sharding(pl)
+        csh, rsh = shardings(solver, carry, problem, problem_axis, pl)
         problem = distributed.place(problem, distributed.problem_shardings(pl, problem, problem_axis))
     put = (lambda tree, sh: tree) if pl is None else distributed.place
     carry = put(carry, csh)

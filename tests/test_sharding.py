@@ -36,11 +36,9 @@ RUNS = {"batch": ARGS, "gauss_newton": SINGLE + ["--solver", "gauss_newton"], "h
 # all-gathers across devices (the entries must never be among them).
 SCRIPT = r"""
 import json, sys
-import jax
 from lrfactor import cli
 for argv in json.loads(sys.argv[1]):
     assert cli.main(argv) == 0, argv
-import jax.numpy as jnp
 from lrfactor import distributed, driver, experiment
 from lrfactor.config import RunConfig, resolve
 gathered = {}
@@ -50,10 +48,8 @@ for name in json.loads(sys.argv[2]):
     solver, carry, _, _ = experiment.build(prep)
     pl = experiment.run_placement(prep)
     ax = prep.problem_axis
-    init = lambda prob: jax.vmap(lambda p, q: driver.Carry(solver.init(p, q, jax.random.PRNGKey(0)),
-                                                            jnp.asarray(0, jnp.int32)), (0, ax))(carry.state.params, prob)
-    csh = distributed.carry_shardings(pl, carry, distributed.entry_axes(init, carry, prep.problem))
-    chunk = driver.make_chunk(solver, 2, 1, ax, (csh, distributed.record_sharding(pl)))
+    csh, rsh = driver.shardings(solver, carry, prep.problem, ax, pl)
+    chunk = driver.make_chunk(solver, 2, 1, ax, (csh, rsh))
     hlo = chunk.lower(distributed.place(carry, csh), distributed.place(
         prep.problem, distributed.problem_shardings(pl, prep.problem, ax))).compile().as_text()
     gathered[name] = {"entries": int(prep.problem.rows.shape[-1]),

@@ -3,6 +3,12 @@
 Every field of :class:`lrfactor.config.RunConfig` is a flag. Bad input ends
 with exit status 2 and one line ``error: ...`` on stderr, before any computing
 starts and before anything is written.
+
+``--coordinator HOST:PORT --num-processes N --process-id I`` runs one of N
+processes of a run sharded over the devices of all of them
+(lrfactor/distributed.py): start the same command once per process (one per
+host of a cluster), each with its own ``--process-id``. Process 0 writes the
+output folder and prints; the others print nothing unless an error stops them.
 """
 
 from __future__ import annotations
@@ -72,8 +78,15 @@ def parser() -> argparse.ArgumentParser:
             metavar = f"{metavar or name.upper()}[,...]"
         p.add_argument(C.flag(name), dest=name, type=kind, default=None, metavar=metavar, help=helps.get(name))
     p.add_argument("--resume", metavar="DIR", default=None,
-                   help="continue the interrupted run saved in DIR with its saved settings (no other flag but --quiet)")
+                   help="continue the interrupted run saved in DIR with its saved settings (no other flag but --quiet "
+                        "and the process flags)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = p.add_argument_group("several processes", "one run over the devices of several processes (one per host); "
+                                                   "give all three or none")
+    g.add_argument("--coordinator", metavar="HOST:PORT", default=None,
+                   help="address of process 0, reachable from every process")
+    g.add_argument("--num-processes", metavar="N", type=int, default=None, help="number of processes")
+    g.add_argument("--process-id", metavar="I", type=int, default=None, help="this process, 0 ... N-1")
     return p
 
 
@@ -85,7 +98,9 @@ def config_from_args(args) -> RunConfig:
         from lrfactor.experiment import default_out
 
         cfg = dataclasses.replace(cfg, out=default_out(cfg))
-    C.check_paths(cfg)
+    from lrfactor.distributed import is_main
+
+    C.check_paths(cfg if is_main() else dataclasses.replace(cfg, out=None))  # only process 0 writes
     from lrfactor.solvers import make_solver
 
     try:  # solver factories refuse settings they cannot honour; nothing is computed here
@@ -106,7 +121,7 @@ def resume_config(args):
     extra = [C.flag(name) for name in C.FIELDS if getattr(args, name) is not None]
     if extra:
         raise UsageError(f"--resume continues a run with its saved settings; remove {', '.join(extra)} "
-                         f"(only --quiet may go with it)")
+                         f"(only --quiet and the process flags may go with it)")
     out = args.resume
     if not os.path.isdir(out):
         raise UsageError(f"{out}: no such folder to resume")
@@ -130,6 +145,17 @@ def resume_config(args):
 def main(argv=None) -> int:
     try:
         args = parser().parse_args(argv)
+        from lrfactor import distributed
+
+        try:
+            distributed.check_processes(args.coordinator, args.num_processes, args.process_id)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+    except UsageError as e:
+        return _fail(e)
+    if args.coordinator is not None:  # before anything else touches JAX
+        distributed.init_processes(args.coordinator, args.num_processes, args.process_id)
+    try:
         if args.resume is not None:
             cfg, out = resume_config(args)
             if cfg is None:
@@ -149,13 +175,15 @@ def main(argv=None) -> int:
             prep = cv.prepare(cfg) if cfg.cv else prepare(cfg)
         except ProblemError as e:
             raise UsageError(str(e)) from None
-        try:  # the first thing written; check_paths vetted the path, the disk has the last word
-            os.makedirs(out, exist_ok=True)
-        except OSError as e:
-            raise UsageError(f"--out {out}: cannot create the folder ({e.strerror})") from None
+        if distributed.is_main():
+            try:  # the first thing written; check_paths vetted the path, the disk has the last word
+                os.makedirs(out, exist_ok=True)
+            except OSError as e:
+                raise UsageError(f"--out {out}: cannot create the folder ({e.strerror})") from None
     except (UsageError, ConfigError) as e:
-        msg = " ".join(str(e).split())  # one line, whatever the message held
-        print(f"error: {msg}", file=sys.stderr)
+        distributed.all_ok(False)
+        return _fail(e)
+    if not distributed.all_ok(True):  # another process refused its input (and said why)
         return 2
     if cfg.cv:
         try:
@@ -163,12 +191,20 @@ def main(argv=None) -> int:
         except cv.CVError as e:
             print(f"error: cross-validation: {e}", file=sys.stderr)
             return 1
-        report_cv(rec)
+        if distributed.is_main():
+            report_cv(rec)
         summary = outcome.summary
     else:
         summary = execute(cfg, out, resume=args.resume is not None, progress=not args.quiet, prep=prep)
-    report(summary, out)
+    if distributed.is_main():
+        report(summary, out)
     return 0
+
+
+def _fail(e: Exception) -> int:
+    msg = " ".join(str(e).split())  # one line, whatever the message held
+    print(f"error: {msg}", file=sys.stderr)
+    return 2
 
 
 def report_cv(rec: dict) -> None:

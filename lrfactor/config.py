@@ -109,6 +109,7 @@ class RunConfig:
     slq_probes: int = 4  # random probes for the spectral density / index
     # Driver.
     chunk: int = 0  # steps per compiled chunk between checkpoints; 0 = automatic
+    shard: str = "auto"  # axis sharded over the devices: seeds, entries (of a coordinate-list problem), or auto (seeds when there are at least as many seeds as devices, else entries on coordinate lists)
     out: Optional[str] = None  # output folder (new or empty); default a new folder under results/
 
 
@@ -129,7 +130,7 @@ def flag(name: str) -> str:
 
 def choices() -> dict:
     """Allowed values of every enumerated setting, read from the modules that implement them."""
-    from lrfactor import factors, layout, losses
+    from lrfactor import distributed, factors, layout, losses
     from lrfactor.solvers import SOLVERS, gauss_newton, linear, mlp
 
     return {
@@ -142,6 +143,7 @@ def choices() -> dict:
         "linear_solver": tuple(linear.LINEAR_SOLVERS),
         "layout": tuple(layout.LAYOUTS),
         "mlp_dims": tuple(mlp.DIMS),
+        "shard": tuple(distributed.SHARDS),
     }
 
 
@@ -344,7 +346,7 @@ FLOATS = ("l2", "reg", "val_fraction", "decay", "observed", "noise", "lr", "mome
           "plateau_factor", "min_lr", "inner_val", "lambda0", "cg_tol", "max_step", "ftol", "gtol", "xtol", "eps")
 BOOLS = ("early_stopping", "backtrack")
 STRINGS = ("solver", "loss", "init", "data", "layout", "row_key", "col_key", "value_key", "split_key", "predict",
-           "optimizer", "damping", "linear_solver", "schur_precision", "mlp_dims", "out")
+           "optimizer", "damping", "linear_solver", "schur_precision", "mlp_dims", "out", "shard")
 
 RANGES = {
     "seeds": _in(0),  # 0 = the solver's default
@@ -522,6 +524,10 @@ def _combinations(cfg: RunConfig, known: dict) -> None:
                               f"for {', '.join(MU_LOSSES)}); use gauss_newton, adam or sgd")
     if cfg.solver == "gauss_newton" and cfg.linear_solver == "dense_schur" and cfg.layout == "coo":
         raise ConfigError("--linear-solver dense_schur needs dense masks; use schur_pcg (or auto) with --layout coo")
+    if cfg.shard == "entries" and (cfg.layout == "dense" or cfg.solver == "mlp"):
+        why = "the mlp solver needs dense masks" if cfg.solver == "mlp" else "--layout dense has none"
+        raise ConfigError(f"--shard entries shards the entries of coordinate lists, and {why}; "
+                          f"use --layout coo (or auto), or --shard seeds")
     if cfg.predict is not None and cfg.predict != "missing" and not cfg.predict.lower().endswith(TABLE_SUFFIXES):
         raise ConfigError(f"--predict {cfg.predict}: expected a .csv or .parquet table of (row id, column id) "
                           f"pairs, or 'missing'")

@@ -17,12 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from lrfactor import config as config_mod
-from lrfactor import driver, layout, losses, results, tables
+from lrfactor import distributed, driver, layout, losses, results, tables
 from lrfactor.config import RunConfig
 from lrfactor.factors import Factors, from_nonneg
 from lrfactor.problems import (Problem, ProblemError, SyntheticConfig, Truth, check_coo, check_problem, from_coo,
-                               make_sparse_synthetic, make_synthetic, reference_scores, stack_coo, to_coo,
-                               to_dense)
+                               make_sparse_synthetic, make_synthetic, pad_entries, reference_scores, stack_coo,
+                               to_coo, to_dense)
 from lrfactor.solvers import make_solver
 
 
@@ -35,6 +35,7 @@ class Prepared(NamedTuple):
     keys: jax.Array  # (S, 2) per-seed base keys
     table: Optional[tables.Table] = None  # the data's entries and ids, when the data came from a file or an array
     pairs: Optional[tuple] = None  # (rows, cols) indices to predict after the run (--predict)
+    shard: str = "seeds"  # the axis sharded over the devices: seeds or entries (lrfactor/distributed.py)
 
 
 def synthetic_config(cfg: RunConfig) -> SyntheticConfig:
@@ -63,12 +64,28 @@ def prepare(cfg: RunConfig, seeds=None, table: Optional[tables.Table] = None) ->
     a seed draws the same data on both layouts; above it the coordinate
     generator draws it (:func:`lrfactor.problems.make_sparse_synthetic`, a
     different draw of the same recipe).
+
+    The batch is sharded over every device (``cfg.shard``,
+    :func:`lrfactor.distributed.choose`): sharding the seeds pads the seed
+    axis to a multiple of the device count with copies of the last seed
+    (outputs keep the real seeds only); sharding the entries pads the entry
+    lists with padding entries and cuts them into one shard per device.
     """
     seeds = list(range(cfg.seed, cfg.seed + cfg.seeds)) if seeds is None else list(seeds)
-    # The seed axis is sharded over all local devices: pad it to a multiple of
-    # their count with copies of the last seed; outputs keep the real seeds only.
-    pad = (-len(seeds)) % jax.local_device_count()
-    keys = seed_keys(seeds + seeds[-1:] * pad)
+    devices = jax.device_count()
+
+    def sharding(kind: str):
+        """(axis, seed keys padded for it)."""
+        try:
+            axis = distributed.choose(cfg.shard, len(seeds), kind == "coo", devices)
+        except ValueError as e:
+            raise ProblemError(str(e)) from None
+        pad = (-len(seeds)) % devices if axis == "seeds" else 0
+        return axis, seed_keys(seeds + seeds[-1:] * pad)
+
+    def cut(problem, axis: str):
+        return pad_entries(problem, devices) if axis == "entries" else problem
+
     dtype = jnp.float64 if cfg.precision == 64 else jnp.float32
     setting = cfg.layout
     if cfg.data or table is not None:
@@ -80,7 +97,9 @@ def prepare(cfg: RunConfig, seeds=None, table: Optional[tables.Table] = None) ->
         n, m = table.shape
         if cfg.rank > min(n, m):
             raise ProblemError(f"{table.source}: rank {cfg.rank} must be between 1 and min(n, m) = {min(n, m)}")
-        problem = problem_from_table(table, _layout(cfg, setting, n, m), dtype)
+        kind = _layout(cfg, setting, n, m)
+        shard, keys = sharding(kind)
+        problem = cut(problem_from_table(table, kind, dtype), shard)
         truth = None
         if table.W_true is not None:
             truth = Truth(jnp.asarray(table.W_true, dtype), jnp.asarray(table.H_true, dtype))
@@ -89,11 +108,12 @@ def prepare(cfg: RunConfig, seeds=None, table: Optional[tables.Table] = None) ->
             pairs = tables.missing_pairs(table)
         elif cfg.predict is not None:
             pairs = tables.read_pairs(cfg.predict, table, row_key=cfg.row_key, col_key=cfg.col_key)
-        return Prepared(cfg, seeds, problem, None, truth, keys, table, pairs)
+        return Prepared(cfg, seeds, problem, None, truth, keys, table, pairs, shard)
     sc = synthetic_config(cfg)
     if cfg.rank > min(sc.n, sc.m):
         raise ProblemError(f"rank {cfg.rank} must be between 1 and min(n, m) = {min(sc.n, sc.m)}")
     kind = _layout(cfg, setting, sc.n, sc.m)
+    shard, keys = sharding(kind)
     data_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)
     if kind == "dense" or sc.n * sc.m <= layout.DENSE_MAX_ENTRIES:
         problem, truth = jax.jit(jax.vmap(lambda k: make_synthetic(k, sc, dtype)))(data_keys)
@@ -102,16 +122,16 @@ def prepare(cfg: RunConfig, seeds=None, table: Optional[tables.Table] = None) ->
             check_problem(np.zeros(tr.shape), tr, None, cfg.rank, name=f"synthetic seed {s}")
         _check_synthetic_values(cfg, seeds, np.asarray(problem.V)[: len(seeds)])
         if kind == "coo":
-            problem = stack_coo([to_coo(jax.tree.map(lambda x: x[k], problem)) for k in range(len(keys))])
-        return Prepared(cfg, seeds, problem, 0, truth, keys)
+            problem = cut(stack_coo([to_coo(jax.tree.map(lambda x: x[k], problem)) for k in range(len(keys))]), shard)
+        return Prepared(cfg, seeds, problem, 0, truth, keys, shard=shard)
     drawn = [make_sparse_synthetic(k, sc, dtype) for k in data_keys]
     _check_synthetic_values(cfg, seeds, [np.concatenate([np.asarray(p.vals), np.asarray(p.val_vals)])
                                          for p, _ in drawn[: len(seeds)]])
     for s, (p, _) in zip(seeds, drawn):
         check_coo(p.rows, p.cols, p.vals, None, None, None, (sc.n, sc.m), cfg.rank, name=f"synthetic seed {s}")
-    problem = stack_coo([p for p, _ in drawn])
+    problem = cut(stack_coo([p for p, _ in drawn]), shard)
     truth = jax.tree.map(lambda *x: jnp.stack(x), *[t for _, t in drawn])
-    return Prepared(cfg, seeds, problem, 0, truth, keys)
+    return Prepared(cfg, seeds, problem, 0, truth, keys, shard=shard)
 
 
 def _check_synthetic_values(cfg: RunConfig, seeds, values) -> None:
@@ -355,11 +375,17 @@ def _load_checkpoint(out, carry_template):
     return carry, history, traces, float(ck["wall_s"]), float(ck["compile_s"])
 
 
-def config_record(cfg: RunConfig, out: str) -> dict:
-    """What ``config.json`` holds: the schema version, every setting used, and the environment."""
+def run_placement(prep: Prepared) -> Optional[distributed.Placement]:
+    """The mesh and axis a prepared batch is sharded over; None on a single device."""
+    return distributed.placement(prep.shard) if jax.device_count() > 1 else None
+
+
+def config_record(cfg: RunConfig, out: str, placement: Optional[distributed.Placement] = None) -> dict:
+    """What ``config.json`` holds: the schema version, every setting used, the environment, and what was sharded."""
     env = results.environment()
     rec = {"schema": config_mod.SCHEMA, "config": dataclasses.asdict(cfg), "out": out, "precision": cfg.precision, **env}
     rec["devices"] = env["devices"]
+    rec["sharding"] = placement.record() if placement is not None else {"axis": None, "devices": 1, "processes": 1}
     rec["started"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     return rec
 
@@ -386,13 +412,16 @@ def run_prepared(prep: Prepared, out: Optional[str] = None, *, resume: bool = Fa
     checkpoint and the files so far, so an interrupted run loses at most one
     chunk and ``resume`` continues it; at the end the final files, and
     ``predictions.csv`` when ``prep.pairs`` asks for predictions. Without
-    ``out`` nothing is written.
+    ``out`` nothing is written. With several processes every process runs
+    this (the same call) and only process 0 writes.
     """
     cfg = prep.cfg
-    if out is not None:
+    placement = run_placement(prep)
+    write = out is not None and distributed.is_main()
+    if write:
         os.makedirs(out, exist_ok=True)
         if not resume:
-            results.write_json(os.path.join(out, "config.json"), config_record(cfg, out))
+            results.write_json(os.path.join(out, "config.json"), config_record(cfg, out, placement))
     refs = references(prep)
     solver, carry, tracer, trace_keys = build(prep)
     history, traces, wall, compile_prev = None, None, 0.0, None
@@ -400,14 +429,15 @@ def run_prepared(prep: Prepared, out: Optional[str] = None, *, resume: bool = Fa
         carry, history, traces, wall, compile_prev = _load_checkpoint(out, carry)
 
     def on_chunk(carry, history, traces, wall, compile_s):
-        _checkpoint(out, carry, history, traces, wall, compile_s)
-        _write_outputs(out, prep, solver, carry, history, traces, refs, wall, compile_s, complete=False)
+        if write:
+            _checkpoint(out, carry, history, traces, wall, compile_s)
+            _write_outputs(out, prep, solver, carry, history, traces, refs, wall, compile_s, complete=False)
 
     res = driver.run(
         solver, prep.problem, carry, steps=cfg.steps, chunk=cfg.chunk, problem_axis=prep.problem_axis,
         tracer=tracer, trace_every=cfg.hessian_every, trace_keys=trace_keys,
         history=history, traces=traces, wall_offset=wall, on_chunk=on_chunk if out is not None else None,
-        progress=progress,
+        progress=progress, placement=placement,
     )
     compile_s = res.compile_s if compile_prev is None else compile_prev + res.compile_s
     trace_s = res.trace_s if cfg.hessian_every else None
@@ -415,7 +445,7 @@ def run_prepared(prep: Prepared, out: Optional[str] = None, *, resume: bool = Fa
     params = jax.tree.map(lambda x: np.asarray(x)[:S], jax.device_get(res.carry.state.params))
     history = {k: v[:S] for k, v in res.history.items()}
     summary = _summary(prep, history, res.carry, refs, res.wall_s, compile_s, True, trace_s)
-    if out is None:
+    if not write:
         return Outcome(results.plain(summary), params, history)
     _write_outputs(out, prep, solver, res.carry, res.history, res.traces, refs, res.wall_s, compile_s, complete=True,
                    trace_s=trace_s)
@@ -454,6 +484,11 @@ SCHEMA_2_FILL = {"layout": "dense", "linear_solver": "dense_schur", "cg_iters": 
 # a factor penalty, a cross-validation writes its refit as a plain run (cv 0),
 # and no run before inner_val had an inner split.
 ADDED_OFF = {"reg": 0.0, "cv": 0, "cv_seed": 0, "inner_val": 0.0}
+
+
+# Settings added since schema 2 and the values that say what runs saved before
+# them did: the seed axis was sharded over the devices.
+ADDED_FILL = {"shard": "seeds"}
 
 
 def load_config(out: str) -> RunConfig:
@@ -499,6 +534,8 @@ def _honour(saved: dict, schema: int) -> RunConfig:
     if schema == 1:
         saved = {**saved, **SCHEMA_2_FILL}
         probe = dataclasses.replace(probe, **SCHEMA_2_FILL)
+    added = {k: v for k, v in ADDED_FILL.items() if k not in saved}
+    saved, probe = {**saved, **added}, dataclasses.replace(probe, **added)
     unknown = sorted(set(saved) - set(config_mod.FIELDS) - set(RETIRED))
     if unknown:
         raise ConfigError(f"unknown settings {', '.join(unknown)}")

@@ -79,7 +79,7 @@ def transpose(problem):
     if is_coo(problem):
         return CooProblem(rows=problem.cols, cols=problem.rows, vals=problem.vals, val_rows=problem.val_cols,
                           val_cols=problem.val_rows, val_vals=problem.val_vals, n=problem.m, m=problem.n,
-                          chunk=problem.chunk)
+                          chunk=problem.chunk, shards=problem.shards)
     t = lambda x: jnp.swapaxes(x, -1, -2)
     return Problem(t(problem.V), t(problem.train), t(problem.val))
 
@@ -135,22 +135,45 @@ def masked_mean(problem, E, which: str = "train"):
 
 
 # ----------------------------------------------------------------------------- chunked sweeps
+#
+# An entry array of N entries is walked as D = problem.shards contiguous blocks
+# of N / D entries (problems.pad_entries makes N a multiple of D), each cut into K
+# chunks of C entries (the last padded): a (K, D, C) array scanned over K. Each
+# block sums into its own accumulator and the D accumulators are added at the
+# end. On one shard this is the plain sequential sweep; with the entry axis
+# sharded over D devices the block axis is the device axis, so each device
+# sweeps its own entries and only the final (n, r)-sized sums cross devices.
+
+
+def _blocking(problem: CooProblem, N: int):
+    """(D, K, C) for N entries."""
+    D = problem.shards
+    if N % D:
+        raise ValueError(f"{N} entries do not split into {D} shards; pad them with problems.pad_entries")
+    L = N // D
+    C = max(1, min(problem.chunk, L))
+    return D, max(1, -(-L // C)), C
+
+
+def _blocks(E, D: int, K: int, C: int, fill=0):
+    """An entry array (N,) as (K, D, C): chunk k of every block side by side."""
+    L = E.shape[-1] // D
+    E = jnp.pad(E.reshape(D, L), ((0, 0), (0, K * C - L)), constant_values=fill)
+    return E.reshape(D, K, C).transpose(1, 0, 2)
+
+
+def _unblock(E, N: int):
+    """The inverse of :func:`_blocks`: (K, D, C) back to the entry array (N,)."""
+    K, D, C = E.shape
+    return E.transpose(1, 0, 2).reshape(D, K * C)[:, : N // D].reshape(N)
 
 
 def _chunks(problem: CooProblem, which: str):
-    """Row and column indices cut into K chunks of C, the last padded: ((K, C), (K, C), N)."""
+    """Row and column indices as (K, D, C) blocks (padding rows n, columns m), and N."""
     rows, cols = _index(problem, which)
     N = rows.shape[-1]
-    C = max(1, min(problem.chunk, N))
-    K = max(1, -(-N // C))
-    pad = K * C - N
-    rows = jnp.pad(rows, (0, pad), constant_values=problem.n).reshape(K, C)
-    cols = jnp.pad(cols, (0, pad), constant_values=problem.m).reshape(K, C)
-    return rows, cols, N
-
-
-def _chunked(E, N: int, K: int, C: int):
-    return jnp.pad(E, (0, K * C - N)).reshape(K, C)
+    D, K, C = _blocking(problem, N)
+    return _blocks(rows, D, K, C, problem.n), _blocks(cols, D, K, C, problem.m), N
 
 
 def _gather(X, idx):
@@ -163,9 +186,9 @@ def _scatter(acc, idx, upd):
     return acc.at[idx].add(upd, mode="drop")
 
 
-def _dot(a, b):
-    """Σ_k a_k b_k per entry for (C, r) chunks; the plain product for (C,) chunks."""
-    return a * b if a.ndim == 1 else jnp.sum(a * b, axis=-1)
+def _dot(a, b, vector: bool):
+    """Σ_k a_k b_k per entry for gathered factor rows; the plain product for gathered vector entries."""
+    return a * b if vector else jnp.sum(a * b, axis=-1)
 
 
 def entry_products(problem, X, Y, which: str = "train"):
@@ -182,33 +205,33 @@ def entry_products(problem, X, Y, which: str = "train"):
     # chunks' indices, not every chunk's (C, r) gathers (N × r in all).
     @jax.checkpoint
     def one(rc):
-        return _dot(_gather(X, rc[0]), _gather(Y, rc[1]))
+        return _dot(_gather(X, rc[0]), _gather(Y, rc[1]), X.ndim == 1)
 
-    return jax.lax.map(one, (rows, cols)).reshape(-1)[:N]
+    return _unblock(jax.lax.map(one, (rows, cols)), N)
 
 
 def _sweep(problem, F, Z, by_rows: bool, make, width_shape, which: str = "train"):
     """Σ over entries of make(F_e, Z_other(e)) scattered onto rows (or columns), chunkwise."""
     rows, cols, N = _chunks(problem, which)
-    K, C = rows.shape
-    Fc = _chunked(F, N, K, C)
+    K, D, C = rows.shape
+    Fc = _blocks(F, D, K, C)
     n_out = problem.n if by_rows else problem.m
 
     def body(acc, xs):
         r, c, f = xs
         tgt, src = (r, c) if by_rows else (c, r)
-        return _scatter(acc, tgt, make(f, _gather(Z, src))), None
+        return jax.vmap(_scatter)(acc, tgt, make(f, _gather(Z, src))), None
 
-    acc, _ = jax.lax.scan(body, jnp.zeros((n_out,) + width_shape, F.dtype), (rows, cols, Fc))
-    return acc
+    acc, _ = jax.lax.scan(body, jnp.zeros((D, n_out) + width_shape, F.dtype), (rows, cols, Fc))
+    return jnp.sum(acc, axis=0)
 
 
 def _times(f, z):
-    return f * z if z.ndim == 1 else f[:, None] * z
+    return f * z if z.ndim == f.ndim else f[..., None] * z
 
 
 def _outer(f, z):
-    return f[:, None, None] * z[:, :, None] * z[:, None, :]
+    return f[..., None, None] * z[..., :, None] * z[..., None, :]
 
 
 def row_sums(problem, F, Y):
@@ -249,9 +272,9 @@ def entry_quad(problem, M, Y):
 
     def one(rc):
         y = _gather(Y, rc[1])
-        return jnp.einsum("ca,cab,cb->c", y, _gather(M, rc[0]), y)
+        return jnp.einsum("...a,...ab,...b->...", y, _gather(M, rc[0]), y)
 
-    return jax.lax.map(one, (rows, cols)).reshape(-1)[:N]
+    return _unblock(jax.lax.map(one, (rows, cols)), N)
 
 
 def entry_coords(problem, idx):

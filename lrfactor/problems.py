@@ -47,7 +47,7 @@ DEFAULT_CHUNK = 16384  # entries per chunk of a coordinate-list sweep (see lrfac
 
 @functools.partial(jax.tree_util.register_dataclass,
                    data_fields=["rows", "cols", "vals", "val_rows", "val_cols", "val_vals"],
-                   meta_fields=["n", "m", "chunk"])
+                   meta_fields=["n", "m", "chunk", "shards"])
 @dataclasses.dataclass(frozen=True)
 class CooProblem:
     """A matrix seen on a coordinate list of training entries and one of held-out entries.
@@ -55,8 +55,17 @@ class CooProblem:
     Arrays may carry a leading seed axis. Entries are sorted row-major. An
     entry with row ``n`` (and column ``m``) is padding, which lets problems of
     several seeds with different entry counts stack into one batch: it is
-    outside every mask, gathers clip it and scatter-adds drop it. The shape and
-    the chunk size are static (pytree metadata), so they fix compiled shapes.
+    outside every mask, gathers clip it and scatter-adds drop it. The shape,
+    the chunk size and the shard count are static (pytree metadata), so they
+    fix compiled shapes.
+
+    ``shards`` cuts the entry lists into that many equal contiguous blocks
+    (the length a multiple of it: :func:`pad_entries`). The chunked sweeps of
+    lrfactor/layout.py walk the blocks side by side, each summing into its own
+    accumulator, and add the accumulators at the end; with the entry axis
+    sharded over a mesh of that many devices, each device then sweeps its own
+    block and only the (n, r)-sized sums cross devices. One shard is the plain
+    sequential sweep.
     """
 
     rows: jax.Array  # (N,) int32 row index of each training entry; n marks padding
@@ -67,7 +76,8 @@ class CooProblem:
     val_vals: jax.Array  # (N_val,) float
     n: int  # rows of the matrix
     m: int  # columns of the matrix
-    chunk: int = DEFAULT_CHUNK  # entries processed at a time
+    chunk: int = DEFAULT_CHUNK  # entries processed at a time (per shard)
+    shards: int = 1  # blocks of the entry lists swept side by side (the devices the entries are sharded over)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -202,6 +212,24 @@ def to_dense(problem: CooProblem) -> Problem:
     return Problem(V=V, train=train, val=val)
 
 
+def pad_entries(problem: CooProblem, shards: int) -> CooProblem:
+    """``problem`` cut into ``shards`` blocks: both entry lists padded at the end to a
+    multiple of ``shards`` with padding entries (row n, column m, value 0), which
+    every operation ignores. Works with or without a leading seed axis."""
+    if shards < 1:
+        raise ValueError(f"shards must be >= 1, got {shards}")
+
+    def pad(x, fill):
+        extra = (-x.shape[-1]) % shards
+        return jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, extra)], constant_values=fill)
+
+    n, m = problem.n, problem.m
+    return problem._replace(
+        rows=pad(problem.rows, n), cols=pad(problem.cols, m), vals=pad(problem.vals, 0),
+        val_rows=pad(problem.val_rows, n), val_cols=pad(problem.val_cols, m), val_vals=pad(problem.val_vals, 0),
+        shards=int(shards))
+
+
 def stack_coo(problems: list) -> CooProblem:
     """Problems of several seeds (same shape and chunk) as one batch, seed axis first.
 
@@ -210,8 +238,8 @@ def stack_coo(problems: list) -> CooProblem:
     entry, so each seed keeps its own row-major order.
     """
     n, m, chunk = problems[0].n, problems[0].m, problems[0].chunk
-    if any((p.n, p.m, p.chunk) != (n, m, chunk) for p in problems):
-        raise ValueError("stack_coo: the problems differ in shape or chunk size")
+    if any((p.n, p.m, p.chunk, p.shards) != (n, m, chunk, 1) for p in problems):
+        raise ValueError("stack_coo: the problems differ in shape or chunk size, or are already sharded")
 
     def pad(arrs, fill):
         size = max(a.shape[0] for a in arrs)

@@ -80,8 +80,16 @@ def _bad_inputs(tmp_path):
         "not a number": (["--rank", "eight"], "argument --rank: invalid int value: 'eight'"),
         "out is a file": (["--out", str(a_file)], "exists and is a file"),
         "out under a file": (["--out", str(a_file / "run")], "is a file, so the folder cannot be created"),
-        "resume with flags": (["--resume", str(old), "--steps", "5"], "remove --steps (only --quiet may go with it)"),
+        "resume with flags": (["--resume", str(old), "--steps", "5"], "remove --steps (only --quiet and the process"),
         "resume old record": (["--resume", str(old)], "saved before refine, backtrack, restarts existed"),
+        "entries on dense": (["--shard", "entries", "--layout", "dense"], "--shard entries shards the entries"),
+        "entries for mlp": (["--solver", "mlp", "--shard", "entries"], "the mlp solver needs dense masks"),
+        "unknown shard": (["--shard", "rows"], "unknown shard 'rows'; known values: auto, seeds, entries"),
+        "process flags alone": (["--coordinator", "127.0.0.1:9999"], "go together (give all three)"),
+        "process id too large": (["--coordinator", "127.0.0.1:9999", "--num-processes", "2", "--process-id", "2"],
+                                 "--process-id must be in [0, 2), got 2"),
+        "bad coordinator": (["--coordinator", "localhost", "--num-processes", "2", "--process-id", "0"],
+                            "--coordinator must be HOST:PORT"),
     }
 
 
@@ -91,7 +99,8 @@ BAD = [
         "wrong shapes", "nan observed", "negative with kl", "empty row", "empty column", "rank too large",
         "rank above synthetic", "non-bool mask", "unknown solver", "unknown loss", "missing key", "hals with kl",
         "too many restarts", "negative restarts", "not a number", "out is a file", "out under a file",
-        "resume with flags", "resume old record"]
+        "resume with flags", "resume old record", "entries on dense", "entries for mlp", "unknown shard",
+        "process flags alone", "process id too large", "bad coordinator"]
 
 
 @pytest.mark.parametrize("case", BAD)

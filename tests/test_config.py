@@ -24,7 +24,7 @@ OTHER = {
     "damping": "marquardt", "lambda0": 0.5, "linear_solver": "dense_schur", "cg_iters": 5,
     "cg_tol": 0.5, "schur_precision": "full", "refine": 2, "max_step": 1.0, "backtrack": False, "restarts": 1,
     "ftol": 1e-5, "gtol": 1e-5, "xtol": 1e-5, "eps": 1e-6, "mlp_steps": 1, "mlp_dims": "linear",
-    "hessian_every": 5, "lanczos_steps": 10, "slq_probes": 2, "chunk": 3, "out": "somewhere",
+    "hessian_every": 5, "lanczos_steps": 10, "slq_probes": 2, "chunk": 3, "out": "somewhere", "shard": "seeds",
 }
 
 

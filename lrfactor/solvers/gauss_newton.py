@@ -290,9 +290,9 @@ def make_gauss_newton(
     def objective(p, problem):
         return losses.objective(p, problem, loss, l2, reg)
 
-    def F_of(p, problem, state_or_weights):
-        weight, fweight = state_or_weights
-        return scaled_objective(p, problem, loss, weight, fweight)
+    def F_of(p, problem, weights):
+        """F at ``p`` with this element's penalties ``weights`` = (l2, reg)."""
+        return scaled_objective(p, problem, loss, *weights)
 
     def init_state(p: Factors, problem, key=None, weight=None, fweight=None) -> GNState:
         """The state at ``p``; ``weight``, ``fweight``: this element's l2 and reg (default: the factory's)."""

@@ -3,6 +3,7 @@
     python experiments/success_map.py run          # run (or continue) the map, then aggregate and plot
     python experiments/success_map.py aggregate    # map.json and map.md, from the saved runs only
     python experiments/success_map.py plot         # success_map.png, from map.json only
+    python experiments/success_map.py score RUN... # other run folders against the map's best-known
 
 The recipe is the question's (1000 × 100, true rank 12, factor scales
 10**linspace(0, −2, 12), 50 % observed, model rank 8, no noise). One axis at a
@@ -759,6 +760,43 @@ def draw(root: str) -> str:
 # --------------------------------------------------------------------------- command line
 
 
+def score_runs(root: str, folders) -> str:
+    """A markdown table: each finished run folder (any settings) scored against the map's best-known on its cell.
+
+    The cell is read from the run's config.json; a seed's best-known is the
+    lowest of the map's best-known for it, the run's oracle and the run's own
+    final train MSE, and success is the map's rule. Reads files only.
+    """
+    m = results.read_json(os.path.join(root, "map.json"))
+    lines = ["| run | cell | budget | restarts | success | median final / best-known | median steps |",
+             "|---|---|---|---|---|---|---|"]
+    for folder in folders:
+        run = _read_run(folder)
+        if run["state"] != "complete":
+            raise MapError(f"{folder}: not a finished run ({run['state']})")
+        cfg = run["config"]["config"]
+        recipe = Recipe(**{k: cfg[k] for k in RECIPE_FIELDS})
+        cells = [k for k, c in m["cells"].items() if c.get("ran") and Recipe(**c["recipe"]) == recipe]
+        if not cells:
+            raise MapError(f"{folder}: its problem ({recipe.name()}) is no cell of {root}/map.json")
+        cell = cells[0]
+        c, summ = m["cells"][cell], run["summary"]
+        seeds = summ["seeds"]
+        missing = [x for x in seeds if str(x) not in c["best_train_mse"]]
+        if missing:
+            raise MapError(f"{folder}: seeds {missing} are not in the map's cell {cell}")
+        final = _floats(summ["final"]["train_mse"])
+        orc = _floats(summ["reference"]["oracle_train_mse"])
+        best = np.fmin(np.fmin(final, orc), _floats([c["best_train_mse"][str(x)] for x in seeds]))
+        fl = _floats([c["floor"][str(x)] for x in seeds])
+        ok = np.isfinite(final) & (final <= 1.01 * best + fl)
+        rel = final / np.maximum(best, fl)
+        lines.append(f"| {os.path.normpath(folder)} | {cell} | {cfg.get('steps')} | "
+                     f"{cfg.get('restarts')} | {int(ok.sum())}/{len(ok)} | {_g(_median(rel))} | "
+                     f"{_g(_median(summ['final']['steps']))} |")
+    return "\n".join(lines)
+
+
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="success_map.py", description="Success rates of every solver as the question's recipe moves.")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
@@ -779,6 +817,9 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--stop-after", type=float, default=0.0,
                    help="seconds; then the run in flight is stopped (it resumes next time) and no other starts (0: none)")
     r.add_argument("--python", default=None, help="interpreter for run.py (default this one)")
+    q = sub.add_parser("score", help="score finished run folders of any settings against the map's best-known")
+    q.add_argument("--root", default=DEFAULT_ROOT, help="map folder (its map.json)")
+    q.add_argument("runs", nargs="+", help="run.py output folders on cells of the map")
     for name, text in (("aggregate", "map.json and map.md from the saved runs, and the figure"),
                        ("plot", "success_map.png from map.json")):
         q = sub.add_parser(name, help=text)
@@ -799,6 +840,9 @@ def main(argv=None, launcher: Callable = launch) -> int:
             if os.path.exists(args.root) and not os.path.isdir(args.root):
                 raise MapError(f"--root {args.root}: exists and is not a folder")
             return run_map(args, launcher)
+        if args.cmd == "score":
+            print(score_runs(args.root, args.runs))
+            return 0
         if args.cmd == "aggregate":
             for path in write_map(args.root):
                 print(path)

@@ -110,6 +110,23 @@ def test_best_known_success_and_floor(hand_map, monkeypatch):
     assert sm.aggregate(hand_map)["cells"]["c0"]["solvers"]["hals"]["success"] == [True, False, False]
 
 
+def test_other_runs_are_scored_against_the_maps_best_known(hand_map, capsys):
+    sm.write_map(hand_map)
+    other = os.path.join(hand_map, "variant")
+    # seed 0 at 0.989 (≤ 1.01 × 0.98), seed 1 at 1e-9 (above the floor 1e-10), seed 2 below everything known
+    _run(other, "gauss_newton", [0, 1, 2], [0.989, 1e-9, 1.5], [1.0] * 3, TRUTH, ORACLE, [1.0] * 3, steps=7)
+    table = sm.score_runs(hand_map, [other])
+    assert "| c0 | 7 |" in table and "| 2/3 |" in table
+    # median of final / max(best, floor): 0.989 / 0.98, 1e-9 / 1e-10, 1.5 / 1.5 (its own final is the best)
+    assert f"| {sm._g(float(np.median([0.989 / 0.98, 10.0, 1.0])))} |" in table
+    assert sm.main(["score", "--root", hand_map, other]) == 0 and "2/3" in capsys.readouterr().out
+    results.write_json(os.path.join(other, "config.json"),
+                       {"config": {"solver": "gauss_newton", "seeds": 3, "seed": 0, "steps": 7, **RECIPE,
+                                   "observed": 0.123}})
+    assert sm.main(["score", "--root", hand_map, other]) == 2
+    assert "no cell" in capsys.readouterr().err
+
+
 def test_well_posed_flag(hand_map):
     c = sm.aggregate(hand_map)["cells"]["c0"]
     assert (c["train_per_row"], c["train_per_col"], c["two_r"]) == (16.0, 40.0, 16)

@@ -470,7 +470,6 @@ def part_adam(a, S: Setup) -> dict:
 
 def part_dense(a, S_unused=None) -> dict:
     import equinox as eqx
-    import lineax as lx
     import optimistix as optx
 
     out = {}

@@ -88,7 +88,7 @@ def write(args, argv, regs, rows):
     cmd = "python experiments/noise.py " + " ".join(argv if argv is not None else sys.argv[1:])
     with open(os.path.join(args.out, "noise.json"), "w") as f:
         json.dump({"command": cmd.strip(), "args": vars(args), "runs": rows}, f, indent=1)
-    lines = [f"# Held-out MSE relative to the truth's, by noise model and loss\n",
+    lines = ["# Held-out MSE relative to the truth's, by noise model and loss\n",
              f"`{cmd.strip()}`: n = {args.n}, m = {args.m}, true rank {args.true_rank}, model rank {args.rank}, "
              f"decay {args.decay}, {args.seeds} seeds, {args.steps} gauss_newton iterations. Median over seeds of "
              f"val_mse / truth_val_mse (1: as good as the generating factors).\n",

@@ -21,7 +21,6 @@ Results come back to every process (:func:`lrfactor.distributed.fetch`).
 from __future__ import annotations
 
 import time
-from functools import partial
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax

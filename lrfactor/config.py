@@ -94,7 +94,7 @@ class RunConfig:
     refine: int = 1  # float64 refinement steps of the float32-factored solve (schur_precision mixed)
     max_step: float = 0.0  # cap on max|Δ| of a Gauss-Newton step in log space, direction kept (0: no cap)
     backtrack: bool = True  # on a rejected step, take the best of 1/2, 1/4, 1/8 of it if that passes the gain test
-    restarts: int = 2  # when a run stalls (or converges above the best seen), restart from the same blind start with another damping schedule, keep the best
+    restarts: int = 2  # when a run stalls (or converges above the best seen), restart (the same start with a step cap, then fresh blind starts: gauss_newton.RESTART_SCHEDULE), keep the best
     ftol: float = 1e-10  # stop when the relative decrease of the objective over an accepted step (a sweep for hals/mu) is below this
     gtol: float = 1e-12  # stop when max|gradient| falls below this times the objective's scale
     xtol: float = 1e-10  # stop when the step is below this relative to the parameters

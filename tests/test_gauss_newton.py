@@ -339,18 +339,14 @@ def test_restarts_follow_the_first_run_then_keep_the_best():
         if int(b.restart) > int(prev.restart):
             first = False
             restarts_at.append(t)
-            # a restart begins at the schedule's start: the blind start, or a fresh draw of it
+            # restart k begins at the k-th fresh draw of the blind start (rs.init was given no key: PRNGKey(0))
             k = int(b.restart)
-            start = p0
-            if gn.RESTART_SCHEDULE[k - 1][0] == "fresh":  # rs.init was given no key: PRNGKey(0)
-                start = rs.init_params(jax.random.fold_in(jax.random.PRNGKey(0), gn.RESTART_KEY + k), problem)
-                assert not np.allclose(start.A, p0.A)
+            start = rs.init_params(jax.random.fold_in(jax.random.PRNGKey(0), gn.RESTART_KEY + k), problem)
+            assert not np.allclose(start.A, p0.A)
             np.testing.assert_array_equal(b.run.params.A, start.A)
             np.testing.assert_array_equal(b.run.params.B, start.B)
-        elif int(b.restart) == 1:  # the second run's schedule caps every log-space step at 1
-            d = max(float(jnp.max(jnp.abs(b.run.params.A - prev.run.params.A))),
-                    float(jnp.max(jnp.abs(b.run.params.B - prev.run.params.B))))
-            assert d <= 1.0 * (1 + 1e-12)
+            fresh = plain.init(start, problem, None)  # with the run's own λ0
+            assert float(b.run.lam) == float(fresh.lam) and float(b.run.F) == float(fresh.F)
         best.append(float(b.F))
         # params is the best point any run reached, and F is its objective
         assert float(b.F) <= float(b.run.F)
@@ -465,7 +461,7 @@ def test_unknown_or_removed_options_are_refused():
 
 
 def _scripted_runs(script):
-    """A stand-in LM run for :func:`gn.with_restarts`: run k (told apart by its start, λ and step cap) follows script[k].
+    """A stand-in LM run for :func:`gn.with_restarts`: run k (told apart by its start) follows script[k].
 
     script[k] = (F_end, steps, converges): the objective falls to F_end over
     ``steps`` steps, then either a stopping test fires (converges) or it stays
@@ -474,26 +470,20 @@ def _scripted_runs(script):
     from lrfactor.factors import Factors
 
     # A start's B holds its tag: 0 for the blind start, 100 + a uniform draw of
-    # its key for a fresh one (B never changes along a run); with lambda0 = 1
-    # and no cap on the first run, tag + λ + 10·cap names the run.
+    # its key for a fresh one (B never changes along a run).
     def init_params(key, problem):
         return Factors(jnp.zeros((1, 1)), jnp.full((1, 1), 100.0) + jax.random.uniform(key))
 
-    def tag(k):
-        if k == 0 or gn.RESTART_SCHEDULE[k - 1][0] == "same":
-            return 0.0
-        return float(init_params(jax.random.fold_in(jax.random.PRNGKey(0), gn.RESTART_KEY + k), None).B[0, 0])
-
-    names = [1.0] + [tag(k) + (1.0 if lam is None else lam) + 10 * cap
-                     for k, (_, lam, cap) in enumerate(gn.RESTART_SCHEDULE[:len(script) - 1], start=1)]
+    names = [0.0] + [float(init_params(jax.random.fold_in(jax.random.PRNGKey(0), gn.RESTART_KEY + k), None).B[0, 0])
+                     for k in range(1, len(script))]
 
     def init_state(params, problem, key=None, weight=None, fweight=None):
         z = jnp.zeros(())
         return gn.GNState(params, jnp.asarray(10.0), jnp.asarray(1.0), z + 2, jnp.asarray(True),
                           jnp.asarray(0, jnp.int32), z, z, jnp.asarray(0, jnp.int32), z, jnp.asarray(False), z, z)
 
-    def step(state, problem, cap):
-        k = jnp.argmin(jnp.abs(jnp.asarray(names) - (state.params.B[0, 0] + state.lam + 10 * cap)))
+    def step(state, problem):
+        k = jnp.argmin(jnp.abs(jnp.asarray(names) - state.params.B[0, 0]))
         F_end, steps, conv = (jnp.asarray([s[i] for s in script])[k] for i in range(3))
         n = state.n_accepted + 1
         F = jnp.where(n >= steps, F_end, F_end + (10.0 - F_end) * (1 - n / steps))
@@ -502,8 +492,7 @@ def _scripted_runs(script):
 
     solver = gn.Solver(name="scripted", init_params=init_params, init=init_state, step=None, predict=None,
                        objective=None, extras=())
-    return gn.with_restarts(solver, init_state, step, restarts=len(script) - 1, lambda0=1.0, max_step=0.0,
-                            window=5, rtol=1e-3)
+    return gn.with_restarts(solver, init_state, step, restarts=len(script) - 1, window=5, rtol=1e-3)
 
 
 def _drive(rs, steps):

@@ -236,8 +236,10 @@ CV_GRID = {
     # The question's l2 on the log-factors pulls every factor towards 1 and is
     # in the grid only when given.
     "reg": lambda d, cfg: (0.0,) + tuple(rho * d.mean_sq / ((d.n + d.m) * max(d.mean, 1e-300)) for rho in (1e-3, 1e-2)),
-    # Every loss the solver can minimise that the training values allow.
-    "loss": lambda d, cfg: tuple(l for l in _solver_losses(cfg.solver) if not _bad_for(l, d.min_val)),
+    # Every loss the solver can minimise that the values allow, by the rule
+    # every run is checked by (lrfactor.losses.value_requirement: no kl or log
+    # on negative values, no log on zeros).
+    "loss": lambda d, cfg: tuple(l for l in _solver_losses(cfg.solver) if not _bad_for(l, cfg.solver, d.min_val)),
 }
 
 
@@ -250,10 +252,10 @@ def _solver_losses(solver: str) -> tuple:
     return tuple(choices()["loss"])
 
 
-def _bad_for(loss: str, min_val: float) -> bool:
+def _bad_for(loss: str, solver: str, min_val: float) -> bool:
     from lrfactor import losses
 
-    return bool(losses.bad_values(min_val, loss))
+    return bool(losses.bad_values(min_val, loss, solver))
 
 
 def _optimizer(cfg: RunConfig) -> str:

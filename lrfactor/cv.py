@@ -129,14 +129,18 @@ class DataSummary(NamedTuple):
     n_fit: int  # fewest entries any fold fits
     mean_sq: float  # mean V² over the training entries
     mean: float  # mean V over the training entries
-    min_val: float  # smallest training value (which losses the data allow)
+    min_val: float  # smallest observed value, held-out ones included (which losses the data allow, as the refit checks)
 
 
 def summarise(table: tables.Table, fold: np.ndarray, k: int) -> DataSummary:
     tr = ~table.is_val
     n_fit = min(int(np.count_nonzero(fold != f)) for f in range(k))
     v = table.vals[tr]
-    return DataSummary(table.shape[0], table.shape[1], n_fit, float(np.mean(v**2)), float(np.mean(v)), float(np.min(v)))
+    # min_val: over every observed value, as the refit's data check
+    # (lrfactor.tables.check_loss) reads them: the grid offers no loss that
+    # the refit of its choice would refuse. Only the sign is read.
+    return DataSummary(table.shape[0], table.shape[1], n_fit, float(np.mean(v**2)), float(np.mean(v)),
+                       float(np.min(table.vals)))
 
 
 def axes(cfg: RunConfig, data: DataSummary) -> dict:
@@ -288,6 +292,8 @@ def prepare(cfg: RunConfig, table: Optional[tables.Table] = None) -> CVPrepared:
     prep = experiment.prepare(one, table=table)
     table = prep.table
     n, m = table.shape
+    for loss in lists.get("loss", ()):  # prepare checked the first; each refit would check its own
+        tables.check_loss(table, loss, cfg.solver)
     for r in lists.get("rank", ()):
         if r > min(n, m):
             raise ProblemError(f"{table.source}: rank {r} must be between 1 and min(n, m) = {min(n, m)}")

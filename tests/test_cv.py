@@ -273,6 +273,33 @@ def test_default_grid_follows_the_data_and_the_solver(data):
     assert len(cv.grid(ax)) == 2 * 1 * 3 * len(ax["loss"])
 
 
+def test_default_grid_offers_no_loss_the_values_refuse():
+    """Additive noise makes some values negative: frobenius only for gauss_newton (no kl, no log), and mu,
+    whose updates need V >= 0, is refused before any fold runs; the rule is the runs' own
+    (lrfactor.losses.value_requirement)."""
+    V, train, val = noisy_table(seed=4)
+    V = V - 0.5 * V.min() - 0.2 * np.median(V)  # a shift that leaves a few entries below zero
+    seen = train | val
+    assert (V[seen] < 0).any() and (V[seen] > 0).any()
+    t = tables.table_from_dense(V, train, val)
+    cvp = cv.prepare(resolve(RunConfig(solver="gauss_newton", data="x.csv", cv=K)), table=t)
+    assert cvp.axes["loss"] == ("frobenius",)
+    assert {s["loss"] for s in cvp.settings} == {"frobenius"}
+    # a negative value among the held-out entries only is enough: the refit checks every observed value
+    Vh = np.abs(V)
+    i, j = np.argwhere(val)[0]
+    Vh[i, j] = -1.0
+    cvh = cv.prepare(resolve(RunConfig(solver="gauss_newton", data="x.csv", cv=K)), table=tables.table_from_dense(Vh, train, val))
+    assert cvh.axes["loss"] == ("frobenius",)
+    cvpos = cv.prepare(resolve(RunConfig(solver="gauss_newton", data="x.csv", cv=K)),
+                       table=tables.table_from_dense(np.abs(V) + 1e-3, train, val))
+    assert cvpos.axes["loss"] == ("frobenius", "kl", "log")
+    with pytest.raises(tables.ProblemError, match="the mu solver needs V >= 0"):
+        cv.prepare(resolve(RunConfig(solver="mu", data="x.csv", cv=K)), table=t)
+    with pytest.raises(tables.ProblemError, match="the log loss needs V > 0"):
+        cv.prepare(resolve(RunConfig(solver="gauss_newton", data="x.csv", cv=K, loss=("frobenius", "log"))), table=t)
+
+
 def test_surprise_baseline_scores_the_runs_own_held_out_entries(cli_run, data, tmp_path):
     pytest.importorskip("surprise")
     import os

@@ -151,6 +151,8 @@ def cmd_table(args):
             if os.path.exists(d_sum):
                 s = _load(d_sum)
                 row["default_val_mse"] = s["final"]["val_mse"][_best(s)]
+                # the rank-8 oracle (LM polished from the truncated truth): the yardstick where the floor is 0
+                row["oracle8_val_mse"] = s["reference"]["oracle_val_mse"][0]
             sp = os.path.join(folder, "surprise.json")
             if os.path.exists(sp):
                 fits = _load(sp)["surprise"].values()
@@ -160,19 +162,23 @@ def cmd_table(args):
     with open(os.path.join(args.root, "noise.json"), "w") as fh:
         json.dump(rows, fh, indent=1)
 
-    def ratio(r, key):
-        v, t = r.get(key), r.get("truth_val_mse")
+    def ratio(r, key, ref="truth_val_mse"):
+        v, t = r.get(key), r.get(ref)
         return f"{v / t:.3g}" if v is not None and t else "–"
 
-    lines = ["| noise | draw | truth held-out MSE | CV choice | CV / truth | rank-8 defaults / truth | surprise best / truth |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| noise | draw | truth held-out MSE | CV choice | CV / truth | CV / rank-8 oracle | rank-8 defaults / truth "
+             "| surprise best / truth | CV s |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         choice = r.get("cv_choice")
-        ch = ", ".join(f"{k} {v}" for k, v in choice.items()) if isinstance(choice, dict) else "–"
+        ch = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in choice.items()) \
+            if isinstance(choice, dict) else "–"
         t = r.get("truth_val_mse")
+        wall = f"{r['cv_wall_s']:.0f}" if "cv_wall_s" in r else "–"
         lines.append(f"| {r['kind']} | {r['draw']} | {t:.4g} | {ch} | {ratio(r, 'cv_val_mse')} | "
-                     f"{ratio(r, 'default_val_mse')} | {ratio(r, 'surprise_best_val_mse')} |" if t else
-                     f"| {r['kind']} | {r['draw']} | – | – | – | – | – |")
+                     f"{ratio(r, 'cv_val_mse', 'oracle8_val_mse')} | {ratio(r, 'default_val_mse')} | "
+                     f"{ratio(r, 'surprise_best_val_mse')} | {wall} |" if t is not None else
+                     f"| {r['kind']} | {r['draw']} | – | – | – | – | – | – | – |")
     text = "\n".join(lines)
     with open(os.path.join(args.root, "noise.md"), "w") as fh:
         fh.write(text + "\n")

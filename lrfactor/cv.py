@@ -21,8 +21,17 @@ report). ``--cv K``:
 3. **One batch per shape** (:func:`run_grid`). Each batch element is one
    (fold, setting, seed) with its own problem (training entries = the
    training entries outside the fold, held-out entries = the fold), run by the
-   driver as one ``jit(vmap(scan))``. Settings that fix the compiled program
-   cannot share it: the rank fixes array shapes (and cannot be padded with
+   driver as one ``jit(vmap(scan))``. A fold run only has to *rank* the
+   settings, so it runs the run's settings loosened where ranking does not
+   need them (:func:`lrfactor.config.cv_fold_config`; ``fold_run`` in
+   cv.json; gauss_newton, ``CV_FOLD`` there): no restarts (they polish the
+   last percent of a fit that stalled, not its basin), a looser ``ftol`` (a
+   smaller relative decrease per step moves a fold score far less than the
+   gaps between settings) and fewer steps (a setting still crawling then is
+   scored where it stands). The refit (5.) runs with the run's own settings.
+   A batch runs until its slowest element stops, without the driver's
+   recompilation for the running elements. Settings that fix the compiled
+   program cannot share it: the rank fixes array shapes (and cannot be padded with
    switched-off components: W = exp(A) has no exact zero, and the r × r blocks
    of a dead component are singular), the loss picks the code. So elements
    are grouped by every setting the solver does not take as a value
@@ -129,14 +138,18 @@ class DataSummary(NamedTuple):
     n_fit: int  # fewest entries any fold fits
     mean_sq: float  # mean V² over the training entries
     mean: float  # mean V over the training entries
-    min_val: float  # smallest training value (which losses the data allow)
+    min_val: float  # smallest observed value, held-out ones included (which losses the data allow, as the refit checks)
 
 
 def summarise(table: tables.Table, fold: np.ndarray, k: int) -> DataSummary:
     tr = ~table.is_val
     n_fit = min(int(np.count_nonzero(fold != f)) for f in range(k))
     v = table.vals[tr]
-    return DataSummary(table.shape[0], table.shape[1], n_fit, float(np.mean(v**2)), float(np.mean(v)), float(np.min(v)))
+    # min_val: over every observed value, as the refit's data check
+    # (lrfactor.tables.check_loss) reads them: the grid offers no loss that
+    # the refit of its choice would refuse. Only the sign is read.
+    return DataSummary(table.shape[0], table.shape[1], n_fit, float(np.mean(v**2)), float(np.mean(v)),
+                       float(np.min(table.vals)))
 
 
 def axes(cfg: RunConfig, data: DataSummary) -> dict:
@@ -186,7 +199,8 @@ def run_grid(cfg: RunConfig, table: tables.Table, fold: np.ndarray, settings: li
     """Fit every (fold, setting, seed): one compiled batch per group of settings that share a program.
 
     ``cfg``: the run's settings (solver, steps, precision, ...); each element
-    runs ``cfg`` with its setting's values, on the problem of its fold.
+    runs ``cfg`` with its setting's values and the fold settings
+    (:func:`lrfactor.config.cv_fold_config`), on the problem of its fold.
     """
     k = cfg.cv
     dtype = jnp.float64 if cfg.precision == 64 else jnp.float32
@@ -195,7 +209,7 @@ def run_grid(cfg: RunConfig, table: tables.Table, fold: np.ndarray, settings: li
     folds = [experiment.problem_from_table(fold_table(table, fold, f), kind, dtype) for f in range(k)]
     stacked = _stack(folds)
     n_train_max = int(max(np.max(np.asarray(layout.count(p))) for p in folds))
-    base = [dataclasses.replace(cfg, cv=0, cv_seed=0, **s) for s in settings]
+    base = [C.cv_fold_config(dataclasses.replace(cfg, **s)) for s in settings]
     probe = make_solver(base[0], {"n_train_max": n_train_max, "layout": kind})
     traced = probe.traced
     static = [a for a in settings[0] if a not in traced]
@@ -228,8 +242,12 @@ def run_grid(cfg: RunConfig, table: tables.Table, fold: np.ndarray, settings: li
             return driver.Carry(state, jnp.asarray(0, jnp.int32))
 
         carry = jax.jit(jax.vmap(init_one))(ekeys, problem, values)
+        # No active-set compaction: at the fold settings the elements of a batch
+        # stop within a few tens of steps of each other, and recompiling the
+        # chunk for the running ones cost more compilation than it saved
+        # stepping (results/selection/README.md).
         res = driver.run(solver, problem, carry, steps=gcfg.steps, chunk=gcfg.chunk, problem_axis=0,
-                         progress=progress)
+                         progress=progress, compact=False)
         p = jax.device_get(res.carry.state.params)
         # The objective with each element's own penalties (the solver's objective
         # holds its factory's); the loss is the same for the whole group.
@@ -288,6 +306,8 @@ def prepare(cfg: RunConfig, table: Optional[tables.Table] = None) -> CVPrepared:
     prep = experiment.prepare(one, table=table)
     table = prep.table
     n, m = table.shape
+    for loss in lists.get("loss", ()):  # prepare checked the first; each refit would check its own
+        tables.check_loss(table, loss, cfg.solver)
     for r in lists.get("rank", ()):
         if r > min(n, m):
             raise ProblemError(f"{table.source}: rank {r} must be between 1 and min(n, m) = {min(n, m)}")
@@ -306,6 +326,7 @@ def prepare(cfg: RunConfig, table: Optional[tables.Table] = None) -> CVPrepared:
 def record(cvp: CVPrepared, res: GridResult, sc: dict, wall_s: float) -> dict:
     """What cv.json holds."""
     cfg = cvp.cfg
+    fold_cfg = C.cv_fold_config(cfg)
     choice = None if sc["choice"] is None else cvp.settings[sc["choice"]]
     return {
         "k": cfg.cv,
@@ -313,6 +334,8 @@ def record(cvp: CVPrepared, res: GridResult, sc: dict, wall_s: float) -> dict:
         "solver": cfg.solver,
         "seeds": cvp.prep.seeds,
         "steps": cfg.steps,
+        # what every fold run used of the settings cross-validation loosens (lrfactor.config.cv_fold_config)
+        "fold_run": {a: getattr(fold_cfg, a) for a in ("steps", "restarts", "ftol") if C.unused_reason(a, fold_cfg) is None},
         "axes": cvp.axes,
         "settings": cvp.settings,
         "fold_sizes": [int(np.count_nonzero(cvp.fold == f)) for f in range(cfg.cv)],
@@ -324,6 +347,7 @@ def record(cvp: CVPrepared, res: GridResult, sc: dict, wall_s: float) -> dict:
             "std_val_mse": sc["std_val_mse"],
             "seed_val_mse": res.val_mse,  # (K, G, S): every seed
             "seed_objective": res.objective,
+            "seed_steps": res.steps,  # (K, G, S): steps each fold run took
         },
         "choice": {"index": sc["choice"], "setting": choice},
         "groups": [{**g, "settings": list(g["settings"])} for g in res.groups],

@@ -92,8 +92,8 @@ def prepare(cfg: RunConfig, seeds=None, table: Optional[tables.Table] = None) ->
         if table is None:
             table = tables.read_table(cfg.data, row_key=cfg.row_key, col_key=cfg.col_key, value_key=cfg.value_key,
                                       split_key=cfg.split_key, val_fraction=cfg.val_fraction,
-                                      split_seed=cfg.split_seed, loss=cfg.loss)
-        tables.check_loss(table, cfg.loss)
+                                      split_seed=cfg.split_seed, loss=cfg.loss, solver=cfg.solver)
+        tables.check_loss(table, cfg.loss, cfg.solver)
         n, m = table.shape
         if cfg.rank > min(n, m):
             raise ProblemError(f"{table.source}: rank {cfg.rank} must be between 1 and min(n, m) = {min(n, m)}")
@@ -135,14 +135,12 @@ def prepare(cfg: RunConfig, seeds=None, table: Optional[tables.Table] = None) ->
 
 
 def _check_synthetic_values(cfg: RunConfig, seeds, values) -> None:
-    """Drawn values (with --noise they can be negative or zero) suit the loss; one ProblemError line if not."""
-    if cfg.loss == "frobenius":
-        return
+    """Drawn values (with --noise they can be negative or zero) suit the loss and the solver; one ProblemError line if not."""
     for s, v in zip(seeds, values):
-        bad = int(np.count_nonzero(losses.bad_values(np.asarray(v), cfg.loss)))
+        bad = int(np.count_nonzero(losses.bad_values(np.asarray(v), cfg.loss, cfg.solver)))
         if bad:
-            raise ProblemError(f"synthetic seed {s}: {bad} drawn values (--noise {cfg.noise:g}) break the loss "
-                               f"{cfg.loss!r}, which needs {losses.value_requirement(cfg.loss)}")
+            raise ProblemError(f"synthetic seed {s}: {bad} drawn values (--noise {cfg.noise:g}) break the rule: "
+                               f"{losses.value_requirement(cfg.loss, cfg.solver)}")
 
 
 def problem_from_table(table: tables.Table, kind: str, dtype):

@@ -25,25 +25,50 @@ towards 1).
 
 from __future__ import annotations
 
+from typing import Optional
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from lrfactor import layout
 from lrfactor.factors import Factors
 
 LOSSES = ("frobenius", "kl", "log")
-# What each loss needs of the observed values (the model W Hᵀ is non-negative).
-POSITIVE = ("log",)  # V > 0; the others need V >= 0
+# What the observed values must be. The model W Hᵀ is non-negative, but that
+# alone asks nothing of V: frobenius has a least-squares fit to any real V
+# (a negative entry is fitted by a prediction near 0), and HALS and adam/sgd
+# minimise it with negative entries as with any others. kl needs V >= 0 (V log P
+# is the Poisson likelihood of counts) and log needs V > 0 (log V); the mu
+# solver's multiplicative updates need V >= 0 whatever the loss (a negative
+# numerator would flip the sign of a factor).
+POSITIVE = ("log",)  # V > 0
+NONNEGATIVE = ("kl",)  # V >= 0
+NONNEGATIVE_SOLVERS = ("mu",)  # V >= 0 for every loss they minimise
 
 
-def value_requirement(loss: str) -> str:
-    """The condition the observed values must meet for ``loss``, as text ("V > 0" or "V >= 0")."""
-    return "V > 0" if loss in POSITIVE else "V >= 0"
+def value_requirement(loss: str, solver: Optional[str] = None) -> Optional[str]:
+    """What fitting ``loss`` with ``solver`` needs of the observed values, as one clause, or None (any real value).
+
+    e.g. "the log loss needs V > 0 (log V)"; the loss's need comes first.
+    """
+    if loss in POSITIVE:
+        return f"the {loss} loss needs V > 0 (log V)"
+    if loss in NONNEGATIVE:
+        return f"the {loss} loss needs V >= 0 (V log P)"
+    if solver in NONNEGATIVE_SOLVERS:
+        return f"the {solver} solver needs V >= 0 (multiplicative updates)"
+    return None
 
 
-def bad_values(vals, loss: str):
-    """Boolean array: the values that ``loss`` cannot fit (negative; zero too for the log loss)."""
-    return vals <= 0 if loss in POSITIVE else vals < 0
+def bad_values(vals, loss: str, solver: Optional[str] = None):
+    """Boolean array: the values that ``loss`` fitted by ``solver`` cannot take (:func:`value_requirement`)."""
+    vals = np.asarray(vals)
+    if loss in POSITIVE:
+        return vals <= 0
+    if loss in NONNEGATIVE or solver in NONNEGATIVE_SOLVERS:
+        return vals < 0
+    return np.zeros(vals.shape, bool)
 
 
 def residuals(p: Factors, problem) -> jax.Array:

@@ -125,7 +125,12 @@ class ProblemError(ValueError):
 
 
 def check_problem(V, train, val, rank: int, name: str = "data") -> None:
-    """Validate a problem on the host (numpy arrays, no seed axis). Raises ProblemError."""
+    """Validate a problem on the host (numpy arrays, no seed axis). Raises ProblemError.
+
+    Shapes, mask types, finite observed values, no empty row or column; the
+    values' sign is the loss's and the solver's business
+    (:func:`lrfactor.losses.value_requirement`, checked where the data is read).
+    """
     V, train = np.asarray(V), np.asarray(train)
     if V.ndim != 2:
         raise ProblemError(f"{name}: V must be a 2-D matrix, got shape {V.shape}")
@@ -147,8 +152,6 @@ def check_problem(V, train, val, rank: int, name: str = "data") -> None:
     bad = ~np.isfinite(V[seen])
     if bad.any():
         raise ProblemError(f"{name}: {int(bad.sum())} observed entries of V are NaN or inf")
-    if np.any(V[seen] < 0):
-        raise ProblemError(f"{name}: V has {int(np.sum(V[seen] < 0))} negative observed entries; NMF needs V >= 0")
     rows, cols = train.sum(axis=1), train.sum(axis=0)
     if (rows == 0).any():
         raise ProblemError(f"{name}: training mask has {int((rows == 0).sum())} empty rows (first: row {int(np.argmax(rows == 0))})")
@@ -256,7 +259,8 @@ def stack_coo(problems: list) -> CooProblem:
 def check_coo(rows, cols, vals, val_rows, val_cols, val_vals, shape, rank: int, name: str = "data") -> None:
     """Validate coordinate lists on the host (no seed axis). Raises ProblemError, one line.
 
-    Indices integral and in range, values finite and non-negative, no
+    Indices integral and in range, values finite (their sign is the loss's and
+    the solver's business: :func:`lrfactor.losses.value_requirement`), no
     duplicate (row, column) pair within or across the two lists, no empty row
     or column among the training entries, 1 ≤ rank ≤ min(n, m).
     """
@@ -286,8 +290,6 @@ def check_coo(rows, cols, vals, val_rows, val_cols, val_vals, shape, rank: int, 
         bad = ~np.isfinite(v.astype(float))
         if bad.any():
             raise ProblemError(f"{name}: {int(bad.sum())} {what} values are NaN or inf")
-        if np.any(v < 0):
-            raise ProblemError(f"{name}: {int(np.sum(v < 0))} negative {what} values; NMF needs V >= 0")
         li = r.astype(np.int64) * m + c.astype(np.int64)
         uniq, counts = np.unique(li, return_counts=True)
         if (counts > 1).any():

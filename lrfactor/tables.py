@@ -43,8 +43,10 @@ Conventions, the same for every format:
   :func:`lrfactor.problems.load_npz`.
 * **Errors** raise :class:`lrfactor.problems.ProblemError` with one line that
   names the file and the problem: unreadable file or unknown extension, a
-  missing key column, an empty id, a non-numeric or infinite value, a negative
-  value (the model W Hᵀ with W, H ≥ 0 needs V ≥ 0), a duplicate (row, column)
+  missing key column, an empty id, a non-numeric or infinite value, a value
+  the loss or the solver cannot fit (a negative one for the kl loss or the mu
+  solver, a zero or negative one for the log loss:
+  :func:`lrfactor.losses.value_requirement`), a duplicate (row, column)
   pair, an empty table, a split column with another value, a row or column
   with no training entry. Line numbers count the header as line 1 (CSV);
   Parquet and ``.npz`` name the 0-based record.
@@ -63,7 +65,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from lrfactor.losses import LOSSES, POSITIVE, bad_values, value_requirement
+from lrfactor.losses import LOSSES, bad_values, value_requirement
 from lrfactor.problems import ProblemError, check_problem
 
 TABLE_EXTENSIONS = (".csv", ".parquet", ".pq", ".npz")
@@ -120,16 +122,17 @@ class Table:
 
 
 def read_table(path, row_key=None, col_key=None, value_key=None, split_key=None,
-               val_fraction=0.2, split_seed=0, loss="frobenius") -> Table:
+               val_fraction=0.2, split_seed=0, loss="frobenius", solver=None) -> Table:
     """Read a CSV, Parquet or ``.npz`` file of observed entries. Raises ProblemError.
 
     ``row_key``, ``col_key``, ``value_key`` name the columns of a CSV/Parquet
     table (default: its first three columns); ``split_key`` names a column of
     ``train``/``val``; without it ``val_fraction`` of the lines drawn with
     ``split_seed`` are held out. The key arguments do not apply to an ``.npz``.
-    ``loss`` is the loss the data will be fitted with: every known loss
-    (``lrfactor.losses.LOSSES``) fits non-negative factors and needs V >= 0;
-    the log loss needs V > 0.
+    ``loss`` and ``solver`` are the loss the data will be fitted with and the
+    solver that fits it: values they cannot take are refused
+    (:func:`lrfactor.losses.value_requirement`: V >= 0 for the kl loss and the
+    mu solver, V > 0 for the log loss; frobenius takes any real value).
     """
     path = os.fspath(path)
     if loss not in LOSSES:
@@ -144,9 +147,9 @@ def read_table(path, row_key=None, col_key=None, value_key=None, split_key=None,
                                 ("split_key", split_key)) if v is not None]
         if given:
             raise ProblemError(f"{path}: key arguments ({', '.join(given)}) apply to CSV/Parquet tables, not to an .npz")
-        return _read_npz(path, loss)
+        return _read_npz(path, loss, solver)
     cols, where = _read_columns(path, ext, row_key, col_key, value_key, split_key)
-    return _table_from_columns(path, cols, where, val_fraction, split_seed, loss)
+    return _table_from_columns(path, cols, where, val_fraction, split_seed, loss, solver)
 
 
 def table_from_dense(V, train_mask, val_mask=None, W_true=None, H_true=None, source="dense") -> Table:
@@ -293,7 +296,7 @@ def _encode_ids(path, arr, where, name):
     return _compact(rank[index], ids[order])
 
 
-def _table_from_columns(path, cols, where, val_fraction, split_seed, loss) -> Table:
+def _table_from_columns(path, cols, where, val_fraction, split_seed, loss, solver=None) -> Table:
     """Validate the columns read from a CSV/Parquet file and build the Table (see the module's conventions).
 
     Each pyarrow column is dropped as soon as its numpy form exists, so that
@@ -329,7 +332,7 @@ def _table_from_columns(path, cols, where, val_fraction, split_seed, loss) -> Ta
         cols_, col_ids = _compact(cols_[line], col_ids)
     del missing
     at = where if line is None else (lambda k: where(int(line[k])))
-    _check_values(path, vals, at, loss)
+    _check_values(path, vals, at, loss, solver)
     shape = (row_ids.size, col_ids.size)
     _check_duplicates(path, rows, cols_, shape, row_ids, col_ids, at)
     if is_val is None:
@@ -358,27 +361,22 @@ def random_split(lines: int, val_fraction: float, seed: int) -> np.ndarray:
     return is_val
 
 
-def _check_values(path, vals, where, loss):
+def _check_values(path, vals, where, loss, solver=None):
     inf = np.isinf(vals)
     if inf.any():
         k = int(np.argmax(inf))
         raise ProblemError(f"{path}: infinite value {vals[k]} at {where(k)}")
-    neg = vals < 0
-    if neg.any():
-        k = int(np.argmax(neg))
-        raise ProblemError(f"{path}: negative value {vals[k]} at {where(k)} ({int(neg.sum())} in all); "
-                           f"NMF with loss {loss!r} needs {value_requirement(loss)}")
-    bad = bad_values(vals, loss)
+    bad = bad_values(vals, loss, solver)
     if bad.any():
         k = int(np.argmax(bad))
         raise ProblemError(f"{path}: value {vals[k]} at {where(k)} ({int(bad.sum())} in all); "
-                           f"loss {loss!r} needs {value_requirement(loss)} (kl fits counts with zeros)")
+                           f"{value_requirement(loss, solver)}")
 
 
-def check_loss(table: Table, loss: str) -> None:
-    """The table's observed values (training and held-out) suit ``loss``. Raises ProblemError, one line."""
-    if loss in POSITIVE:
-        _check_values(table.source or "data", table.vals, lambda k: f"entry {k}", loss)
+def check_loss(table: Table, loss: str, solver: Optional[str] = None) -> None:
+    """The table's observed values (training and held-out) suit ``loss`` fitted by ``solver``
+    (:func:`lrfactor.losses.value_requirement`). Raises ProblemError, one line."""
+    _check_values(table.source or "data", table.vals, lambda k: f"entry {k}", loss, solver)
 
 
 def _check_duplicates(path, rows, cols, shape, row_ids, col_ids, where):
@@ -422,7 +420,7 @@ def _truth(path, W, H, shape):
     return W, H
 
 
-def _read_npz(path, loss) -> Table:
+def _read_npz(path, loss, solver=None) -> Table:
     try:
         with np.load(path, allow_pickle=False) as f:
             data = {k: f[k] for k in f.files}
@@ -433,7 +431,7 @@ def _read_npz(path, loss) -> Table:
             raise ProblemError(f"{path}: missing key 'train_mask' (found {sorted(data)})")
         table = table_from_dense(data["V"], data["train_mask"], data.get("val_mask"),
                                  data.get("W_true"), data.get("H_true"), source=path)
-        check_loss(table, loss)
+        check_loss(table, loss, solver)
         return table
     for key in ("rows", "cols", "vals", "shape"):
         if key not in data:
@@ -476,7 +474,7 @@ def _read_npz(path, loss) -> Table:
     rows, cols, vals = rows[line].astype(np.int64), cols[line].astype(np.int64), vals[line]
     is_val = np.zeros(line.size, bool) if split is None else split[line] == 1
     where = lambda k: f"entry {int(line[k])}"  # noqa: E731
-    _check_values(path, vals, where, loss)
+    _check_values(path, vals, where, loss, solver)
     _check_duplicates(path, rows, cols, (n, m), row_ids, col_ids, where)
     _check_coverage(path, rows, cols, is_val, (n, m), row_ids, col_ids)
     W_true, H_true = _truth(path, data.get("W_true"), data.get("H_true"), (n, m))

@@ -65,7 +65,7 @@ def _bad_inputs(tmp_path):
         "wrong shapes": (["--data", _npz(tmp_path, V=V, train_mask=tr[:5])], "shape"),
         "nan observed": (["--data", _npz(tmp_path, V=nan_V, train_mask=tr)], "NaN or inf"),
         "negative with kl": (["--data", _npz(tmp_path, V=neg_V, train_mask=tr), "--loss", "kl", "--rank", "2"],
-                             "negative observed entries; NMF needs V >= 0"),
+                             "the kl loss needs V >= 0"),
         "empty row": (["--data", _npz(tmp_path, V=V, train_mask=empty_row)], "empty rows"),
         "empty column": (["--data", _npz(tmp_path, V=V, train_mask=empty_col)], "empty columns"),
         "rank too large": (["--data", _npz(tmp_path, V=V, train_mask=tr), "--rank", "7"], "rank 7"),

@@ -12,7 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import dataclasses
+
 from lrfactor import cli, cv, experiment, results, tables
+from lrfactor import config as C
 from lrfactor.config import ConfigError, RunConfig, resolve, validate
 
 K = 3
@@ -108,13 +111,15 @@ def test_held_out_entries_never_reach_a_fold(grid_run, data):
 
 
 def test_the_batch_equals_a_fold_and_setting_run_alone(grid_run):
-    # Fold 1 at rank 2, l2 1e-3: l2 a value in a batch where it also is 0, with restarts (the defaults).
+    # Fold 1 at rank 2, l2 1e-3: l2 a value in a batch where it also is 0. A fold run is a plain run with the
+    # fold settings (no restarts, a looser ftol, fewer steps; lrfactor.config.cv_fold_config).
     cfg, cvp, res = grid_run
     f, g = 1, 1
     setting = cvp.settings[g]
     assert setting == {"rank": 2, "l2": 1e-3, "reg": 0.0, "loss": "frobenius"}
     alone_cfg = validate(resolve(RunConfig(solver="gauss_newton", data="noisy.csv", seeds=len(SEEDS), steps=STEPS,
-                                           **setting, **EXACT)))
+                                           restarts=0, ftol=C.CV_FOLD["gauss_newton"]["ftol"], **setting, **EXACT)))
+    assert C.cv_fold_config(dataclasses.replace(cfg, **setting)) == dataclasses.replace(alone_cfg, data=cfg.data)
     prep = experiment.prepare(alone_cfg, seeds=SEEDS, table=cv.fold_table(cvp.prep.table, cvp.fold, f))
     alone = experiment.run_prepared(prep, None, progress=False)
     np.testing.assert_allclose(res.params[f][g].A, alone.params.A, rtol=1e-10, atol=1e-10)
@@ -122,6 +127,24 @@ def test_the_batch_equals_a_fold_and_setting_run_alone(grid_run):
     np.testing.assert_allclose(res.val_mse[f, g], alone.summary["final"]["val_mse"], rtol=1e-10)
     np.testing.assert_allclose(res.objective[f, g], alone.summary["final"]["objective"], rtol=1e-10)
     assert list(res.steps[f, g]) == list(alone.summary["final"]["steps"])
+
+
+def test_fold_runs_loosen_only_what_ranking_does_not_need():
+    """cv_fold_config: gauss_newton folds without restarts, with ftol at least and steps at most CV_FOLD's (the
+    run's own where looser); everything else, other solvers, and a plain run untouched."""
+    fold = C.CV_FOLD["gauss_newton"]
+    gn = resolve(RunConfig(solver="gauss_newton", data="x.csv", cv=K))
+    f = C.cv_fold_config(gn)
+    assert (f.restarts, f.ftol, f.steps, f.cv) == (0, fold["ftol"], fold["steps"], 0)
+    assert fold["ftol"] > gn.ftol and fold["steps"] < gn.steps and gn.restarts > 0  # looser than a plain run
+    assert f.chunk <= f.steps
+    assert dataclasses.replace(f, restarts=gn.restarts, ftol=gn.ftol, steps=gn.steps, chunk=gn.chunk,
+                               cv=gn.cv) == gn  # nothing else changes
+    loose = C.cv_fold_config(dataclasses.replace(gn, ftol=1e-2, steps=50))
+    assert (loose.ftol, loose.steps) == (1e-2, 50)  # the run's own, when looser
+    for solver in ("hals", "mu", "adam"):
+        c = resolve(RunConfig(solver=solver, data="x.csv", cv=K))
+        assert C.cv_fold_config(c) == dataclasses.replace(c, cv=0)  # not measured: their folds run as given
 
 
 def test_one_batch_per_rank_with_l2_as_a_value(grid_run):
@@ -170,6 +193,9 @@ def test_cli_writes_cv_json_and_the_refit_of_the_choice(cli_run, data):
     run = results.load_run(str(cli_run))
     cfg = run["config"]["config"]
     assert cfg["rank"] == 2 and cfg["cv"] == 0  # config.json: the refit, a plain run
+    # The folds ran with the looser ftol of cross-validation; the refit with the run's own.
+    assert rec["fold_run"] == {"steps": 60, "ftol": RunConfig().ftol} and cfg["ftol"] == RunConfig().ftol  # hals
+    assert np.asarray(rec["scores"]["seed_steps"]).shape == (K, 2, 2)
     assert run["summary"]["cv"]["choice"] == choice and run["summary"]["cv"]["file"] == "cv.json"
     # The refit fits all training entries: its train MSE is over them, its val MSE over the held-out ones.
     V, train, val = data["table"].to_dense()
@@ -271,6 +297,33 @@ def test_default_grid_follows_the_data_and_the_solver(data):
     hals = cv.axes(resolve(RunConfig(solver="hals", data="x.csv", cv=K, rank=(3,))), d)
     assert hals == {"rank": (3,), "l2": (0.0,), "reg": tuple(ax["reg"]), "loss": ("frobenius",)}  # hals: no loss choice
     assert len(cv.grid(ax)) == 2 * 1 * 3 * len(ax["loss"])
+
+
+def test_default_grid_offers_no_loss_the_values_refuse():
+    """Additive noise makes some values negative: frobenius only for gauss_newton (no kl, no log), and mu,
+    whose updates need V >= 0, is refused before any fold runs; the rule is the runs' own
+    (lrfactor.losses.value_requirement)."""
+    V, train, val = noisy_table(seed=4)
+    V = V - 0.5 * V.min() - 0.2 * np.median(V)  # a shift that leaves a few entries below zero
+    seen = train | val
+    assert (V[seen] < 0).any() and (V[seen] > 0).any()
+    t = tables.table_from_dense(V, train, val)
+    cvp = cv.prepare(resolve(RunConfig(solver="gauss_newton", data="x.csv", cv=K)), table=t)
+    assert cvp.axes["loss"] == ("frobenius",)
+    assert {s["loss"] for s in cvp.settings} == {"frobenius"}
+    # a negative value among the held-out entries only is enough: the refit checks every observed value
+    Vh = np.abs(V)
+    i, j = np.argwhere(val)[0]
+    Vh[i, j] = -1.0
+    cvh = cv.prepare(resolve(RunConfig(solver="gauss_newton", data="x.csv", cv=K)), table=tables.table_from_dense(Vh, train, val))
+    assert cvh.axes["loss"] == ("frobenius",)
+    cvpos = cv.prepare(resolve(RunConfig(solver="gauss_newton", data="x.csv", cv=K)),
+                       table=tables.table_from_dense(np.abs(V) + 1e-3, train, val))
+    assert cvpos.axes["loss"] == ("frobenius", "kl", "log")
+    with pytest.raises(tables.ProblemError, match="the mu solver needs V >= 0"):
+        cv.prepare(resolve(RunConfig(solver="mu", data="x.csv", cv=K)), table=t)
+    with pytest.raises(tables.ProblemError, match="the log loss needs V > 0"):
+        cv.prepare(resolve(RunConfig(solver="gauss_newton", data="x.csv", cv=K, loss=("frobenius", "log"))), table=t)
 
 
 def test_surprise_baseline_scores_the_runs_own_held_out_entries(cli_run, data, tmp_path):

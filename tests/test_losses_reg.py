@@ -244,13 +244,13 @@ def _refusals(tmp_path):
         "mlp with reg": (["--solver", "mlp", "--reg", "0.1"], "--reg 0.1 has no effect here: the mlp solver"),
         "negative reg": (["--reg", "-1"], "--reg must be >= 0"),
         "log with a zero (npz)": (["--data", _npz(tmp_path, V=zero, train_mask=tr), "--loss", "log", "--rank", "2"],
-                                  "loss 'log' needs V > 0"),
+                                  "the log loss needs V > 0"),
         "log with a zero (csv)": (["--data", str(csv), "--loss", "log", "--rank", "1", "--val-fraction", "0"],
-                                  "value 0.0 at line 3 (1 in all); loss 'log' needs V > 0"),
+                                  "value 0.0 at line 3 (1 in all); the log loss needs V > 0"),
         "log with noisy synthetic": (["--n", "30", "--m", "20", "--rank", "2", "--true-rank", "3", "--noise", "1", "--seeds", "1",
-                                      "--loss", "log"], "break the loss 'log', which needs V > 0"),
+                                      "--loss", "log"], "break the rule: the log loss needs V > 0"),
         "kl with noisy synthetic": (["--n", "30", "--m", "20", "--rank", "2", "--true-rank", "3", "--noise", "1", "--seeds", "1",
-                                     "--loss", "kl"], "break the loss 'kl', which needs V >= 0"),
+                                     "--loss", "kl"], "break the rule: the kl loss needs V >= 0"),
     }
 
 
@@ -280,3 +280,68 @@ def test_reg_and_log_run_end_to_end(solver, tmp_path):
     h = fit.history["objective"]
     assert np.all(np.isfinite(h)) and np.all(h[:, -1] < h[:, 0])
     assert fit.config.reg == 0.01
+
+
+# ---------------------------------------------------------------------------
+# Negative values: refused only where the loss or the solver needs V >= 0.
+
+
+def _negative_data(tmp_path, seed=3):
+    """An exact rank-2 positive matrix plus additive noise large enough to make some entries negative."""
+    rng = np.random.default_rng(seed)
+    V = rng.random((12, 2)) @ rng.random((2, 7)) + 0.3 * rng.standard_normal((12, 7))
+    assert (V < 0).sum() >= 3
+    tr = rng.random(V.shape) < 0.7
+    tr[np.arange(12), np.arange(12) % 7] = True  # no empty row or column
+    tr[np.arange(7) % 12, np.arange(7)] = True
+    return V, tr, _npz(tmp_path, V=V, train_mask=tr, val_mask=~tr)
+
+
+@pytest.mark.parametrize("extra, msg", [
+    (["--loss", "kl"], "the kl loss needs V >= 0 (V log P)"),
+    (["--loss", "log"], "the log loss needs V > 0 (log V)"),
+    (["--solver", "mu"], "the mu solver needs V >= 0 (multiplicative updates)"),
+    (["--solver", "mu", "--loss", "kl"], "the kl loss needs V >= 0"),
+    (["--solver", "adam", "--loss", "kl"], "the kl loss needs V >= 0"),
+    (["--cv", "2", "--loss", "frobenius,kl"], "the kl loss needs V >= 0"),  # every listed loss is checked
+])
+def test_negative_values_refused_where_loss_or_solver_needs_them(extra, msg, tmp_path, capsys):
+    _, _, path = _negative_data(tmp_path)
+    before = sorted(tmp_path.rglob("*"))
+    code = cli.main(["--data", path, "--rank", "2", "--steps", "3", "--seeds", "1", "--quiet",
+                     "--out", str(tmp_path / "out")] + extra)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("error: ") and msg in err, err
+    assert "value -" in err  # names the offending value
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize("solver", ["gauss_newton", "hals", "adam"])
+def test_negative_values_are_fitted_by_frobenius(solver, tmp_path):
+    """frobenius takes V as it is: the run's MSEs are those of its factors against the negative values too."""
+    import lrfactor
+
+    V, tr, path = _negative_data(tmp_path)
+    kw = dict(solver=solver, rank=2, seeds=1, steps=40, data=path)
+    if solver == "adam":
+        kw.update(lr=1e-2, batch_size=64, precision=64)
+    fit = lrfactor.fit(**kw)
+    P = fit.W[0] @ fit.H[0].T
+    assert np.all(P >= 0)
+    f = fit.summary["final"]
+    np.testing.assert_allclose(f["train_mse"][0], np.mean((P - V)[tr] ** 2), rtol=1e-9)
+    np.testing.assert_allclose(f["val_mse"][0], np.mean((P - V)[~tr] ** 2), rtol=1e-9)
+    h = fit.history["train_mse"][0]
+    assert np.isfinite(h).all() and h[-1] < h[0]
+
+
+def test_value_rule_is_one_table():
+    """The rule every check reads: which (loss, solver) pairs refuse a negative value and a zero."""
+    want = {("frobenius", "gauss_newton"): (False, False), ("frobenius", "hals"): (False, False),
+            ("frobenius", "adam"): (False, False), ("frobenius", "mu"): (True, False),
+            ("kl", "gauss_newton"): (True, False), ("kl", "mu"): (True, False),
+            ("log", "gauss_newton"): (True, True), ("log", "adam"): (True, True)}
+    for (loss, solver), (neg, zero) in want.items():
+        got = losses.bad_values(np.array([-1.0, 0.0, 1.0]), loss, solver)
+        assert got.tolist() == [neg, zero, False], (loss, solver)
+        assert (losses.value_requirement(loss, solver) is None) == (not neg)

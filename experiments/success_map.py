@@ -529,6 +529,14 @@ def success_by_run(history: dict, seeds_pos: np.ndarray, threshold: np.ndarray) 
     return out
 
 
+def judge(final, best, floor):
+    """The success rule on per-seed arrays: (success, final / max(best, floor), threshold 1.01·best + floor)."""
+    thr = 1.01 * best + floor
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rel = final / np.maximum(best, floor)
+    return np.isfinite(final) & (final <= thr), rel, thr
+
+
 def aggregate_cell(cell_dir: str, solvers) -> dict:
     """One cell's success table, from its run folders and data.json only. Raises MapError on inconsistent runs."""
     data_path = os.path.join(cell_dir, "data.json")
@@ -581,10 +589,8 @@ def aggregate_cell(cell_dir: str, solvers) -> dict:
             val = _floats(summ["final"]["val_mse"])
             b = np.asarray([best[x] for x in ss])
             fl = np.asarray([floor[x] for x in ss])
-            thr = 1.01 * b + fl
-            ok = np.isfinite(final) & (final <= thr)
+            ok, rel, thr = judge(final, b, fl)
             with np.errstate(invalid="ignore", divide="ignore"):
-                rel = final / np.maximum(b, fl)
                 rel_val = val / np.maximum(np.asarray([oracle_val[x] for x in ss]), fl)
             cfg = r["config"]["config"]
             S = len(ss)
@@ -789,8 +795,7 @@ def score_runs(root: str, folders) -> str:
         orc = _floats(summ["reference"]["oracle_train_mse"])
         best = np.fmin(np.fmin(final, orc), _floats([c["best_train_mse"][str(x)] for x in seeds]))
         fl = _floats([c["floor"][str(x)] for x in seeds])
-        ok = np.isfinite(final) & (final <= 1.01 * best + fl)
-        rel = final / np.maximum(best, fl)
+        ok, rel, _ = judge(final, best, fl)
         lines.append(f"| {os.path.normpath(folder)} | {cell} | {cfg.get('steps')} | "
                      f"{cfg.get('restarts')} | {int(ok.sum())}/{len(ok)} | {_g(_median(rel))} | "
                      f"{_g(_median(summ['final']['steps']))} |")

@@ -89,11 +89,12 @@ def prepare(cfg: RunConfig, seeds=None, table: Optional[tables.Table] = None) ->
     dtype = jnp.float64 if cfg.precision == 64 else jnp.float32
     setting = cfg.layout
     if cfg.data or table is not None:
-        if table is None:
+        if table is None:  # the reader checks the values against the loss and the solver
             table = tables.read_table(cfg.data, row_key=cfg.row_key, col_key=cfg.col_key, value_key=cfg.value_key,
                                       split_key=cfg.split_key, val_fraction=cfg.val_fraction,
                                       split_seed=cfg.split_seed, loss=cfg.loss, solver=cfg.solver)
-        tables.check_loss(table, cfg.loss, cfg.solver)
+        else:
+            tables.check_loss(table, cfg.loss, cfg.solver)
         n, m = table.shape
         if cfg.rank > min(n, m):
             raise ProblemError(f"{table.source}: rank {cfg.rank} must be between 1 and min(n, m) = {min(n, m)}")

@@ -72,9 +72,10 @@ def test_linear_solvers_give_the_dense_damped_step(loss, shape, damping, solver,
     ref, g = dense_reference(p, problem, loss, l2, lam, damping)
     q = pieces(p, to_coo(problem, chunk=8) if lay == "coo" else problem, loss, l2)
     np.testing.assert_allclose(_flat(q["gX"], q["gY"], q["flip"]), g, rtol=1e-10, atol=1e-12)
-    DX, DY = gn.damping_diagonal(q["U"], q["S"], damping)
+    diag = lambda B: jnp.diagonal(B, axis1=1, axis2=2)
+    DX, DY = gn.damping_diagonal(diag(q["U"]), diag(q["S"]), damping)
     dX, dY = 2 * q["pen"] + lam * DX, 2 * q["pen"] + lam * DY
-    args = (q["prob"], q["W"], q["H"], q["omega"], q["U"], q["S"], dX, dY, -q["gX"], -q["gY"])
+    args = (q["prob"], q["W"], q["H"], q["omega"], q["U"], dX, dY, -q["gX"], -q["gY"])
     if solver == "dense_schur":
         sX, sY, k, _ = linear.dense_schur(*args, row_block=4)
         assert int(k) == 0
@@ -90,7 +91,7 @@ def test_pcg_stops_at_its_tolerance_or_its_cap():
     p = init_factors(jax.random.PRNGKey(2), problem, 3, "scaled")
     q = pieces(p, problem, "frobenius", 0.0)
     d = (0.01 * jnp.ones_like(q["X"]), 0.01 * jnp.ones_like(q["Y"]))
-    args = (q["prob"], q["W"], q["H"], q["omega"], q["U"], q["S"], *d, -q["gX"], -q["gY"])
+    args = (q["prob"], q["W"], q["H"], q["omega"], q["U"], *d, -q["gX"], -q["gY"])
     _, _, k_tight, rel_tight = linear.schur_pcg(*args, cg_iters=500, cg_tol=1e-12)
     _, _, k_loose, rel_loose = linear.schur_pcg(*args, cg_iters=500, cg_tol=1e-1)
     _, _, k_cap, rel_cap = linear.schur_pcg(*args, cg_iters=2, cg_tol=1e-12)
@@ -98,7 +99,7 @@ def test_pcg_stops_at_its_tolerance_or_its_cap():
     assert int(k_cap) == 2 and float(rel_cap) > 1e-12
 
 
-def test_jacobi_blocks_are_the_diagonal_blocks_of_the_reduced_matrix():
+def test_reduced_matrix_jacobi_blocks_product_and_diagonals_against_dense():
     problem, _ = small_problem(seed=1, n=13, m=7, true_rank=4)
     p = init_factors(jax.random.PRNGKey(2), problem, 3, "scaled")
     qd = pieces(p, problem, "kl", 0.0)  # kl: ω ≠ 1 enters squared
@@ -107,9 +108,10 @@ def test_jacobi_blocks_are_the_diagonal_blocks_of_the_reduced_matrix():
         W, H, U, S = q["W"], q["H"], q["U"], q["S"]
         n, r = W.shape
         m = H.shape[0]
-        Ud, Sd = bk.add_diag(U, 0.3 * jnp.ones((n, r))), bk.add_diag(S, 0.2 * jnp.ones((m, r)))
+        dY = 0.2 * jnp.ones((m, r))
+        Ud, Sd = bk.add_diag(U, 0.3 * jnp.ones((n, r))), bk.add_diag(S, dY)
         Uinv = jnp.linalg.inv(Ud)
-        got = bk.jacobi_blocks(q["prob"], W, H, q["omega"], Uinv, Sd)
+        got = bk.jacobi_blocks(q["prob"], W, H, q["omega"], Uinv, dY)
         om = qd["omega"]
         u = W[:, None, :] * H[None, :, :]
         C = (om[:, :, None, None] * u[:, :, :, None] * u[:, :, None, :]).transpose(0, 2, 1, 3).reshape(n * r, m * r)
@@ -117,6 +119,13 @@ def test_jacobi_blocks_are_the_diagonal_blocks_of_the_reduced_matrix():
         idx = jnp.arange(m)
         ref = R.reshape(m, r, m, r)[idx, :, idx, :]
         np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-12 * float(jnp.max(jnp.abs(ref))))
+        # the matrix-free product with R, and the blocks' diagonals, against the same dense matrices
+        y = jax.random.normal(jax.random.PRNGKey(5), (m, r), W.dtype)
+        Linv = jnp.linalg.inv(jnp.linalg.cholesky(Ud))
+        np.testing.assert_allclose(bk.reduced_apply(q["prob"], W, H, q["omega"], Linv, dY, y), (R @ y.ravel()).reshape(m, r),
+                                   rtol=1e-10, atol=1e-12 * float(jnp.max(jnp.abs(R))))
+        np.testing.assert_allclose(bk.row_diagonal(q["prob"], W, H, q["omega"]), jnp.diagonal(U, axis1=1, axis2=2), rtol=1e-12)
+        np.testing.assert_allclose(bk.col_diagonal(q["prob"], W, H, q["omega"]), jnp.diagonal(S, axis1=1, axis2=2), rtol=1e-12)
 
 
 @pytest.mark.parametrize("row_block", [1, 3, 10])  # 10 blocks, 4 padded blocks, one block
@@ -234,7 +243,7 @@ def test_mixed_precision_refinement_recovers_the_float64_step():
     q = pieces(p, problem, "frobenius", 0.0)
     W, H, omega, U, S = q["W"], q["H"], q["omega"], q["U"], q["S"]
     dA, dB = 0.05 * jnp.ones_like(p.A), 0.05 * jnp.ones_like(p.B)
-    ref = linear.dense_schur(problem, W, H, omega, U, S, dA, dB, -q["gX"], -q["gY"])
+    ref = linear.dense_schur(problem, W, H, omega, U, dA, dB, -q["gX"], -q["gY"])
     f32 = linear.factorize(W, H, omega, U, S, dA, dB, schur_dtype=jnp.float32)
     assert f32.R.dtype == jnp.float32
     errs = []
@@ -291,7 +300,7 @@ def test_backtracking_takes_a_fraction_of_a_rejected_step_and_nothing_else():
                 # The full step was rejected: b took α·Δ for one α of BACKTRACK, Δ the damped step.
                 q = pieces(p0, problem, "frobenius", 0.0)
                 one = lambda x: s0.lam * jnp.ones_like(x)
-                dX, dY, _, _ = linear.dense_schur(problem, q["W"], q["H"], q["omega"], q["U"], q["S"], one(p0.A),
+                dX, dY, _, _ = linear.dense_schur(problem, q["W"], q["H"], q["omega"], q["U"], one(p0.A),
                                                   one(p0.B), -q["gX"], -q["gY"])
                 alpha = float(jnp.vdot(b.params.B - p0.B, dY) / jnp.vdot(dY, dY))
                 assert min(abs(alpha - c) for c in gn.BACKTRACK) < 1e-9

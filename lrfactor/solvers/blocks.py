@@ -65,11 +65,30 @@ def factor_penalty_diagonal(W, H, fpen):
     return 2 * fpen * W**2, 2 * fpen * H**2
 
 
+def row_blocks(prob, W, H, omega):
+    """Diagonal row blocks of JᵀΩJ: U_i = Σ_j ω_ij u_ij u_ijᵀ, (n, r, r)."""
+    return layout.row_gram(prob, omega, H) * W[:, :, None] * W[:, None, :]
+
+
+def col_blocks(prob, W, H, omega):
+    """Diagonal column blocks of JᵀΩJ: S_j = Σ_i ω_ij u_ij u_ijᵀ, (m, r, r)."""
+    return layout.col_gram(prob, omega, W) * H[:, :, None] * H[:, None, :]
+
+
 def normal_blocks(prob, W, H, omega):
     """Diagonal blocks of JᵀΩJ: U_i (n, r, r) and S_j (m, r, r)."""
-    U = layout.row_gram(prob, omega, H) * W[:, :, None] * W[:, None, :]
-    S = layout.col_gram(prob, omega, W) * H[:, :, None] * H[:, None, :]
-    return U, S
+    return row_blocks(prob, W, H, omega), col_blocks(prob, W, H, omega)
+
+
+def row_diagonal(prob, W, H, omega):
+    """The diagonals of the row blocks U_i, (n, r): Σ_j ω_ij W_i² ∘ H_j², one sum
+    over the entries instead of the r × r blocks."""
+    return layout.row_sums(prob, omega, H**2) * W**2
+
+
+def col_diagonal(prob, W, H, omega):
+    """The diagonals of the column blocks S_j, (m, r): Σ_i ω_ij W_i² ∘ H_j²."""
+    return layout.col_sums(prob, omega, W**2) * H**2
 
 
 def jvp(prob, W, H, vX, vY):
@@ -99,24 +118,39 @@ def add_diag(blocks, d):
     return blocks + d[..., :, None] * jnp.eye(r, dtype=blocks.dtype)
 
 
-def block_apply(M, x):
-    """M_i x_i for blocks M (k, r, r) and x (k, r)."""
-    return jnp.einsum("iab,ib->ia", M, x)
-
-
 def chol_apply(Linv, b):
     """(L Lᵀ)⁻¹ b = L⁻ᵀ (L⁻¹ b), block by block, from the inverses L⁻¹ of Cholesky factors."""
     return jnp.einsum("iba,ib->ia", Linv, jnp.einsum("iab,ib->ia", Linv, b))
 
 
-def jacobi_blocks(prob, W, H, omega, Uinv, Sd):
+def reduced_apply(prob, W, H, omega, Linv, dY, y):
+    """R y for the reduced matrix R = S' − Cᵀ U'⁻¹ C, S' = S + diag(dY), matrix-free.
+
+    S' y and Cᵀ (U'⁻¹ C y) are both column sums of ω times an entry array
+    against W, so they share one: with e₁ = (W (H∘y)ᵀ) and e₂ = ((W∘x) Hᵀ) at
+    the entries, x = U'⁻¹ C y,
+
+        R y = H ∘ colsums(ω (e₁ − e₂), W) + dY ∘ y,   C y = W ∘ rowsums(ω e₁, H)
+
+    four sweeps over the entries and no S_j formed (``Linv``: the inverses of
+    the Cholesky factors of U'_i).
+    """
+    e1 = layout.entry_products(prob, W, H * y)
+    x = chol_apply(Linv, layout.row_sums(prob, omega * e1, H) * W)
+    e2 = layout.entry_products(prob, W * x, H)
+    return layout.col_sums(prob, omega * (e1 - e2), W) * H + dY * y
+
+
+def jacobi_blocks(prob, W, H, omega, Uinv, dY):
     """Diagonal blocks of the reduced matrix R = S' − Cᵀ U'⁻¹ C, (m, r, r):
 
-        R_jj = S'_j − Σ_i ω_ij² (u_ijᵀ U'_i⁻¹ u_ij) u_ij u_ijᵀ
-             = S'_j − (Σ_i q_ij W_i W_iᵀ) ∘ H_j H_jᵀ,   q_ij = ω_ij² H_jᵀ (U'_i⁻¹ ∘ W_i W_iᵀ) H_j
+        R_jj = diag(dY_j) + Σ_i (ω_ij − q_ij) u_ij u_ijᵀ
+             = diag(dY_j) + (Σ_i (ω_ij − q_ij) W_i W_iᵀ) ∘ H_j H_jᵀ,
+        q_ij = ω_ij² u_ijᵀ U'_i⁻¹ u_ij = ω_ij² H_jᵀ (U'_i⁻¹ ∘ W_i W_iᵀ) H_j
 
-    (C_ij = ω_ij u_ij u_ijᵀ has rank one, so each entry contributes one scalar).
-    Ceres' SCHUR_JACOBI preconditioner.
+    (C_ij = ω_ij u_ij u_ijᵀ has rank one, so each entry contributes one scalar;
+    S_j and the correction share one sweep over the entries, and ω − q ≥ 0
+    since U'_i ⪰ ω_ij u_ij u_ijᵀ). Ceres' SCHUR_JACOBI preconditioner.
     """
     q = omega**2 * layout.entry_quad(prob, Uinv * W[:, :, None] * W[:, None, :], H)
-    return Sd - layout.col_gram(prob, q, W) * H[:, :, None] * H[:, None, :]
+    return add_diag(layout.col_gram(prob, omega - q, W) * H[:, :, None] * H[:, None, :], dY)

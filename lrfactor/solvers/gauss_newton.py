@@ -160,12 +160,12 @@ def balance_if_penalised(p: Factors, l2, reg=0.0) -> Factors:
     return jax.tree.map(lambda a, b: jnp.where((l2 > 0) | (reg > 0), a, b), balance_gauge(p, l2, reg), p)
 
 
-def damping_diagonal(U, S, damping: str):
-    """D as (n, r) and (m, r): ones (levenberg) or diag(JᵀΩJ) clamped to [MIN_DIAG, MAX_DIAG] (marquardt)."""
+def damping_diagonal(dU, dS, damping: str):
+    """D as (n, r) and (m, r) from the diagonals dU (n, r), dS (m, r) of JᵀΩJ's
+    blocks: ones (levenberg) or those diagonals clamped to [MIN_DIAG, MAX_DIAG] (marquardt)."""
     if damping == "levenberg":
-        return jnp.ones(U.shape[:-1], U.dtype), jnp.ones(S.shape[:-1], S.dtype)
-    return (jnp.clip(jnp.diagonal(U, axis1=1, axis2=2), MIN_DIAG, MAX_DIAG),
-            jnp.clip(jnp.diagonal(S, axis1=1, axis2=2), MIN_DIAG, MAX_DIAG))
+        return jnp.ones_like(dU), jnp.ones_like(dS)
+    return jnp.clip(dU, MIN_DIAG, MAX_DIAG), jnp.clip(dS, MIN_DIAG, MAX_DIAG)
 
 
 def trust_update(F, F_new, pred, lam, nu):
@@ -278,13 +278,13 @@ def make_gauss_newton(
     def unorient(X, Y, flip) -> Factors:
         return Factors(Y, X) if flip else Factors(X, Y)
 
-    def solve(prob, W, H, omega, U, S, dX, dY, bX, bY):
+    def solve(prob, W, H, omega, U, dX, dY, bX, bY):
         n, m = layout.shape(prob)
         kind = linear.choose(linear_solver, layout.is_coo(prob), n, m, W.shape[1])
         if kind == "dense_schur":
-            return linear.dense_schur(prob, W, H, omega, U, S, dX, dY, bX, bY, row_block=row_block,
+            return linear.dense_schur(prob, W, H, omega, U, dX, dY, bX, bY, row_block=row_block,
                                       schur_dtype=schur_dtype, refine=refine)
-        return linear.schur_pcg(prob, W, H, omega, U, S, dX, dY, bX, bY, cg_iters=cg_iters, cg_tol=cg_tol)
+        return linear.schur_pcg(prob, W, H, omega, U, dX, dY, bX, bY, cg_iters=cg_iters, cg_tol=cg_tol)
 
     def objective(p, problem):
         return losses.objective(p, problem, loss, l2, reg)
@@ -302,8 +302,8 @@ def make_gauss_newton(
         X, Y, prob, _ = oriented(p, problem)
         W, H = jnp.exp(X), jnp.exp(Y)
         _, omega = bk.psi_omega(layout.entry_products(prob, W, H), layout.values(prob), layout.mask(prob), loss)
-        U, S = bk.normal_blocks(prob, W, H, omega)
-        diag = jnp.concatenate([jnp.diagonal(U, axis1=1, axis2=2).ravel(), jnp.diagonal(S, axis1=1, axis2=2).ravel()])
+        dU, dS = bk.row_diagonal(prob, W, H, omega), bk.col_diagonal(prob, W, H, omega)
+        diag = jnp.concatenate([dU.ravel(), dS.ravel()])
         lam = lambda0 * jnp.mean(diag)
         F = F_of(p, problem, (weight, fweight))
         return GNState(
@@ -324,14 +324,16 @@ def make_gauss_newton(
         P = layout.entry_products(prob, W, H)
         psi, omega = bk.psi_omega(P, layout.values(prob), layout.mask(prob), loss)
         gX, gY = bk.gradient(prob, W, H, psi, X, Y, pen, fpen)
-        U, S = bk.normal_blocks(prob, W, H, omega)
-        DX, DY = damping_diagonal(U, S, damping)
+        # The row blocks U_i; the column blocks are left to the linear solver
+        # that needs them (dense_schur), the damping needs only their diagonals.
+        U = bk.row_blocks(prob, W, H, omega)
+        DX, DY = damping_diagonal(jnp.diagonal(U, axis1=1, axis2=2), bk.col_diagonal(prob, W, H, omega), damping)
         dX = 2 * pen + state.lam * DX
         dY = 2 * pen + state.lam * DY
         # The factor penalty's Gauss-Newton term, diagonal in log space (exact zeros without one).
         fX, fY = bk.factor_penalty_diagonal(W, H, fpen)
         dX, dY = dX + fX, dY + fY
-        stepX, stepY, cg_k, cg_rel = solve(prob, W, H, omega, U, S, dX, dY, -gX, -gY)
+        stepX, stepY, cg_k, cg_rel = solve(prob, W, H, omega, U, dX, dY, -gX, -gY)
 
         if cap is not None:
             # A cap on the log-space step (max |Δ| ≤ cap, the direction kept;

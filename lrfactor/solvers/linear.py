@@ -193,15 +193,19 @@ def refined_solve(f: SchurFactor, prob, W, H, omega, dX, dY, bX, bY, iters: int)
     return xX, xY
 
 
-def dense_schur(prob, W, H, omega, U, S, dX, dY, bX, bY, *, row_block: int = 256, schur_dtype=None,
+def dense_schur(prob, W, H, omega, U, dX, dY, bX, bY, *, row_block: int = 256, schur_dtype=None,
                 refine: int = 0):
     """The exact step by the dense Schur complement; (ΔX, ΔY, 0, 0) (no CG iterations).
+
+    ``U``: the row blocks of JᵀΩJ; the column blocks S are formed here (a
+    product on the dense layout).
 
     ``schur_dtype``: the precision the reduced system is formed and factored in
     (None: the working precision); in a run already at that precision there is
     nothing to refine against, and it factors in the working precision.
     """
     mixed = schur_dtype is not None and W.dtype != schur_dtype
+    S = bk.col_blocks(prob, W, H, omega)
     f = factorize(W, H, omega, U, S, dX, dY, row_block, schur_dtype if mixed else None)
     if refine and mixed:
         sX, sY = refined_solve(f, prob, W, H, omega, dX, dY, bX, bY, refine)
@@ -248,20 +252,20 @@ def pcg(op, precond, b, iters: int, tol: float):
     return y, k, rnorm / jnp.where(bnorm > 0, bnorm, 1.0)
 
 
-def schur_pcg(prob, W, H, omega, U, S, dX, dY, bX, bY, *, cg_iters: int = 100, cg_tol: float = 1e-2):
+def schur_pcg(prob, W, H, omega, U, dX, dY, bX, bY, *, cg_iters: int = 100, cg_tol: float = 1e-2):
     """The step by block-Jacobi PCG on the reduced system, matrix-free; any layout.
 
     Returns (ΔX, ΔY, PCG iterations, relative residual of the reduced solve).
-    Memory O(|Ω| + (n + m) r²): R is never formed, its diagonal blocks are
-    (:func:`lrfactor.solvers.blocks.jacobi_blocks`).
+    Memory O(|Ω| + (n + m) r²): neither R nor S is formed; R's diagonal blocks
+    are (:func:`lrfactor.solvers.blocks.jacobi_blocks`, one r × r sweep over
+    the entries besides U's).
     """
     Linv = inverse_cholesky(bk.add_diag(U, dX))
     Uinv = jnp.einsum("kia,kib->kab", Linv, Linv)  # U'⁻¹ = L⁻ᵀ L⁻¹, for the Jacobi blocks
-    Sd = bk.add_diag(S, dY)
-    Pinv = inverse_cholesky(bk.jacobi_blocks(prob, W, H, omega, Uinv, Sd))
+    Pinv = inverse_cholesky(bk.jacobi_blocks(prob, W, H, omega, Uinv, dY))
 
     def reduced(y):
-        return bk.block_apply(Sd, y) - bk.couple_t(prob, W, H, omega, bk.chol_apply(Linv, bk.couple(prob, W, H, omega, y)))
+        return bk.reduced_apply(prob, W, H, omega, Linv, dY, y)
 
     rhs = bY - bk.couple_t(prob, W, H, omega, bk.chol_apply(Linv, bX))
     sY, k, relres = pcg(reduced, lambda v: bk.chol_apply(Pinv, v), rhs, cg_iters, cg_tol)

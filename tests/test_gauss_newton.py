@@ -46,7 +46,7 @@ def pieces(p, problem, loss, l2):
     pen = gn._scale(problem, loss) * l2
     psi, omega = bk.psi_omega(layout.entry_products(prob, W, H), layout.values(prob), layout.mask(prob), loss)
     gX, gY = bk.gradient(prob, W, H, psi, X, Y, pen)
-    U, S = bk.normal_blocks(prob, W, H, omega)
+    U, S = bk.row_blocks(prob, W, H, omega), bk.col_blocks(prob, W, H, omega)
     return dict(prob=prob, X=X, Y=Y, W=W, H=H, pen=pen, omega=omega, gX=gX, gY=gY, U=U, S=S, flip=flip)
 
 
@@ -136,7 +136,7 @@ def test_schur_product_equals_dense(row_block):
     n, r = W.shape
     m = H.shape[0]
     _, omega = bk.psi_omega(W @ H.T, problem.V, problem.train, "frobenius")
-    U, _ = bk.normal_blocks(problem, W, H, omega)
+    U = bk.row_blocks(problem, W, H, omega)
     Ud = U + 0.1 * jnp.eye(r)
     Linv = jnp.linalg.inv(jnp.linalg.cholesky(Ud))
     # The coupling matrix C (n r × m r), block (i, j) = ω_ij u_ij u_ijᵀ, and Cᵀ U'⁻¹ C densely.

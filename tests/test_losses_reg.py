@@ -88,7 +88,7 @@ def test_gradient_and_gauss_newton_blocks_equal_the_dense_jacobian(loss, l2, reg
         gX, gY = bk.gradient(prob, W, H, psi, p.A, p.B, c * l2, c * reg if reg else None)
         np.testing.assert_allclose(jnp.concatenate([gX.ravel(), gY.ravel()]), g_ref, rtol=1e-10, atol=1e-12)
         # JᵀΩJ + the penalties' diagonals, assembled densely from the blocks and the coupling
-        U, S = bk.normal_blocks(prob, W, H, omega)
+        U, S = bk.row_blocks(prob, W, H, omega), bk.col_blocks(prob, W, H, omega)
         fX, fY = bk.factor_penalty_diagonal(W, H, c * reg)
         n, r = W.shape
         m = H.shape[0]

@@ -75,11 +75,6 @@ def col_blocks(prob, W, H, omega):
     return layout.col_gram(prob, omega, W) * H[:, :, None] * H[:, None, :]
 
 
-def normal_blocks(prob, W, H, omega):
-    """Diagonal blocks of JᵀΩJ: U_i (n, r, r) and S_j (m, r, r)."""
-    return row_blocks(prob, W, H, omega), col_blocks(prob, W, H, omega)
-
-
 def row_diagonal(prob, W, H, omega):
     """The diagonals of the row blocks U_i, (n, r): Σ_j ω_ij W_i² ∘ H_j², one sum
     over the entries instead of the r × r blocks."""

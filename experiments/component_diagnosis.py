@@ -100,8 +100,6 @@ def report(folder: str, trace: bool = False) -> str:
 
     run = load_run(folder)
     cfg, summ, hist = run["config"]["config"], run["summary"], run["history"]
-    if cfg.get("data") is not None:
-        raise SystemExit(f"error: {folder}: not a synthetic run (no truth to compare with)")
     seeds = list(summ["seeds"])
     fac = np.load(os.path.join(folder, "factors.npz"))
     Wt, Ht, _ = truth_of(cfg, seeds)
@@ -157,9 +155,14 @@ def main(argv) -> int:
     if not argv:
         print("error: give one or more run folders", file=sys.stderr)
         return 2
+    from lrfactor.results import read_json
+
     for f in argv:
         if not os.path.exists(os.path.join(f, "factors.npz")):
             print(f"error: {f}: no factors.npz (not a finished run folder)", file=sys.stderr)
+            return 2
+        if read_json(os.path.join(f, "config.json"))["config"].get("data") is not None:
+            print(f"error: {f}: not a run on the synthetic problem (no truth to compare with)", file=sys.stderr)
             return 2
     print("\n".join(report(f, trace) for f in argv))
     return 0

@@ -26,12 +26,20 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import numpy as np  # noqa: E402
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, no usage dump
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = _Parser(description=__doc__.splitlines()[0])
     p.add_argument("run")
     p.add_argument("--seeds", default=None, help="comma-separated seeds of the run (default all)")
     p.add_argument("--schur-precision", default=None, choices=("mixed", "full"), help="default: the run's")
     args = p.parse_args(argv)
+    if not os.path.exists(os.path.join(args.run, "factors.npz")):
+        p.error(f"{args.run}: no factors.npz (not a finished run folder)")
     import jax
 
     jax.config.update("jax_enable_x64", True)
@@ -47,8 +55,15 @@ def main(argv=None) -> int:
 
     run = load_run(args.run)
     cfg = dataclasses.replace(RunConfig(), **{k: v for k, v in run["config"]["config"].items() if k in FIELDS})
+    if cfg.solver != "gauss_newton" or cfg.data is not None or cfg.loss != "frobenius":
+        p.error(f"{args.run}: not a gauss_newton run on the synthetic problem with the frobenius loss")
     seeds = list(run["summary"]["seeds"])
-    want = seeds if args.seeds is None else [int(s) for s in args.seeds.split(",")]
+    try:
+        want = seeds if args.seeds is None else [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        p.error(f"--seeds {args.seeds}: not a comma-separated list of integers")
+    if not set(want) <= set(seeds):
+        p.error(f"--seeds {args.seeds}: the run holds seeds {seeds}")
     prep = prepare(cfg, seeds=want)
     fac = np.load(os.path.join(args.run, "factors.npz"))
     solver = make_gauss_newton(rank=cfg.rank, restarts=0, backtrack=False,

@@ -233,6 +233,34 @@ def test_cv_figure_from_the_saved_folder(cli_run, tmp_path):
     assert (tmp_path / "cv.png").stat().st_size > 0
 
 
+def test_cv_figure_draws_each_loss_with_its_own_penalties(data):
+    """The default grid's per-loss factor penalties: one line per (reg, loss) pair against the rank,
+    through each pair's mean fold scores."""
+    from lrfactor import plots
+
+    t = data["table"]
+    fold = cv.assign_folds(t.rows[~t.is_val], t.cols[~t.is_val], t.shape, K, 0)
+    ax = cv.axes(resolve(RunConfig(solver="gauss_newton", data="x.csv", cv=K)), cv.summarise(t, fold, K))
+    settings = cv.grid(ax)
+    G = len(settings)
+    fold_scores = 1.0 + np.arange(K * G, dtype=float).reshape(K, G) / G
+    rec = results.plain({"k": K, "solver": "gauss_newton", "seeds": [0], "axes": ax, "settings": settings,
+                         "scores": {"val_mse": fold_scores, "mean_val_mse": fold_scores.mean(0),
+                                    "std_val_mse": fold_scores.std(0, ddof=1)},
+                         "choice": {"index": 0, "setting": settings[0]}})
+    fig = plots.cv_figure(json.loads(json.dumps(rec)))
+    mean = fold_scores.mean(0)
+    expected = {}
+    for g, s in enumerate(settings):
+        expected.setdefault((s["reg"], s["loss"]), []).append((float(s["rank"]), round(float(mean[g]), 9)))
+    assert len(expected) == 3 * len(ax["loss"])
+    drawn = set()
+    for bar in fig.axes[0].containers:
+        x, y = bar.lines[0].get_data()
+        drawn.add(tuple((float(a), round(float(b), 9)) for a, b in zip(x, y)))
+    assert drawn == {tuple(v) for v in expected.values()}
+
+
 # ---------------------------------------------------------------------------
 # Refusals and defaults
 

@@ -453,3 +453,9 @@ def test_surprise_baseline_scores_the_runs_own_held_out_entries(cli_run, data, t
         reg = r["cv_choice"][key]
         assert min(r["cv_rmse"], key=r["cv_rmse"].get) == str(reg)  # chosen on the training entries' folds
         assert r["cv_choice"]["val_mse"] == r["grid"][str(reg)]["val_mse"]
+    # --factors: another number of factors than the run's rank (surprise's own default, say)
+    assert surprise_baseline.main([str(cli_run), "--factors", "5", "--out", str(tmp_path / "s5.json")]) == 0
+    rec5 = results.read_json(str(tmp_path / "s5.json"))
+    assert rec5["n_factors"] == 5 and rec["n_factors"] == 2 and rec5["rank"] == 2
+    assert rec5["surprise"]["svd"]["default"]["train_mse"] != rec["surprise"]["svd"]["default"]["train_mse"]
+    assert surprise_baseline.main([str(cli_run), "--factors", "0"]) == 2

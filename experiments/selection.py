@@ -147,6 +147,12 @@ def cmd_table(args):
                 cvj = _load(os.path.join(folder, "cv", "cv.json"))
                 row["cv_choice"] = cvj["choice"]["setting"]
                 row["cv_wall_s"] = cvj["wall_s"]
+                # the default factor penalties: per loss (lrfactor.config.reg_scale), or, in runs made before
+                # that, frobenius's values for every loss
+                reg = cvj["axes"].get("reg")
+                row["cv_penalties"] = ("per loss" if isinstance(reg, dict) else
+                                       "frobenius only (the same)" if cvj["axes"]["loss"] == ["frobenius"] else
+                                       "frobenius's for every loss")
             d_sum = os.path.join(folder, "default", "summary.json")
             if os.path.exists(d_sum):
                 s = _load(d_sum)
@@ -167,8 +173,8 @@ def cmd_table(args):
         return f"{v / t:.3g}" if v is not None and t else "–"
 
     lines = ["| noise | draw | truth held-out MSE | CV choice | CV / truth | CV / rank-8 oracle | rank-8 defaults / truth "
-             "| surprise best / truth | CV s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| surprise best / truth | CV s | default penalties |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         choice = r.get("cv_choice")
         ch = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in choice.items()) \
@@ -177,8 +183,8 @@ def cmd_table(args):
         wall = f"{r['cv_wall_s']:.0f}" if "cv_wall_s" in r else "–"
         lines.append(f"| {r['kind']} | {r['draw']} | {t:.4g} | {ch} | {ratio(r, 'cv_val_mse')} | "
                      f"{ratio(r, 'cv_val_mse', 'oracle8_val_mse')} | {ratio(r, 'default_val_mse')} | "
-                     f"{ratio(r, 'surprise_best_val_mse')} | {wall} |" if t is not None else
-                     f"| {r['kind']} | {r['draw']} | – | – | – | – | – | – | – |")
+                     f"{ratio(r, 'surprise_best_val_mse')} | {wall} | {r.get('cv_penalties', '–')} |" if t is not None else
+                     f"| {r['kind']} | {r['draw']} | – | – | – | – | – | – | – | – |")
     lines += ["", summary_table(rows)]
     text = "\n".join(lines)
     with open(os.path.join(args.root, "noise.md"), "w") as fh:

@@ -1,6 +1,6 @@
 """Benchmarks on the question's problem: the flagship against the solvers people would use instead.
 
-    python experiments/bench.py [--part flagship|optimistix|scipy|jaxopt|hals|adam|dense|flops|table|all]
+    python experiments/bench.py [--part flagship|optimistix|scipy|jaxopt|hals|surprise|adam|dense|flops|table|all]
                                 [--seed 0] [--budget-s 120] [--max-iters 300] [--out results/bench]
 
 Every solver starts from the same point: the flagship's own ``init_params``
@@ -26,6 +26,14 @@ float64. Parts:
   and uses Cholesky instead), ``update`` jitted once, for the budget.
 - ``hals``: masked HALS through the driver, ``RunConfig(solver="hals",
   steps=10000, seeds=1)``.
+- ``surprise``: the recommender library surprise's ``SVD`` (Funk SVD with
+  biases) and ``NMF`` with ``n_factors`` = the model rank, on the same
+  training entries, scored on the same held-out ones, by
+  ``experiments/surprise_baseline.py``'s ``fit_surprise`` (its regularisation
+  chosen by surprise's own 3-fold cross-validation on the training entries);
+  timed as one ``fit`` of the chosen setting (its own epochs, not resumable
+  per iteration, so no trajectory: the time ratio is its fit against the
+  flagship's time to the same held-out MSE).
 - ``adam``: the committed run ``results/adam-seed`` (the question's Adam setup,
   10 seeds vmapped, float32), read, not re-run.
 - ``dense``: optimistix's default LM (dense ``lineax.QR``) at n=400, m=100: two
@@ -70,7 +78,7 @@ from lrfactor.factors import Factors, predict  # noqa: E402
 from lrfactor.problems import Problem, masked_mse  # noqa: E402
 from lrfactor.solvers import make_solver  # noqa: E402
 
-PARTS = ("flagship", "optimistix", "scipy", "jaxopt", "hals", "adam", "dense", "flops")
+PARTS = ("flagship", "optimistix", "scipy", "jaxopt", "hals", "surprise", "adam", "dense", "flops")
 SUCCESS = 1.01  # success: train MSE ≤ 1.01 × the oracle's (as lrfactor.experiment's summary)
 MAX_POINTS = 400  # trajectories are thinned to about this many points in the JSON
 
@@ -446,6 +454,32 @@ def part_hals(a, S: Setup) -> dict:
     return rec
 
 
+def part_surprise(a, S: Setup) -> dict:
+    from surprise import NMF, SVD
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # experiments/, when imported from elsewhere
+    from surprise_baseline import fit_surprise
+
+    from lrfactor import tables
+
+    train, val = np.asarray(S.problem.train), np.asarray(S.problem.val)
+    table = tables.table_from_dense(np.asarray(S.problem.V), train, val)
+    fits = fit_surprise(table, S.cfg.rank, a.surprise_folds, seed=a.seed)
+    epochs = {"svd": SVD().n_epochs, "nmf": NMF().n_epochs}  # surprise's defaults, which fit_surprise keeps
+    methods = {}
+    for name, f in fits.items():
+        c = f["cv_choice"]
+        methods[name] = {"epochs": epochs[name], "reg": {k: v for k, v in c.items() if k.startswith("reg")},
+                         "final_train_mse": c["train_mse"], "final_val_mse": c["val_mse"], "fit_s": c["fit_s"],
+                         "s_per_epoch": c["fit_s"] / epochs[name],
+                         "success": bool(c["train_mse"] <= SUCCESS * S.refs["oracle_train_mse"]),
+                         "best_val_mse_any_setting": min([f["default"]["val_mse"]]
+                                                         + [g["val_mse"] for g in f["grid"].values()])}
+    return {"solver": "surprise SVD and NMF (experiments/surprise_baseline.py)", "rank": S.cfg.rank,
+            "n_train": int(train.sum()), "n_val": int(val.sum()), "cv_folds": a.surprise_folds,
+            "methods": methods, "fits": fits, "surprise_version": __import__("surprise").__version__}
+
+
 def part_adam(a, S: Setup) -> dict:
     run = results.load_run(a.adam_run)
     cfg, summ, h = run["config"]["config"], run["summary"], run["history"]
@@ -661,6 +695,12 @@ def comparisons(out) -> dict:
             c_them, c_us = fr["cpu_s"], flag["trajectory"]["cpu_s"][i_us]
             if c_them is not None and np.isfinite(c_them) and c_us:
                 cmp[part].update({"their_cpu_s": c_them, "flagship_cpu_s": c_us, "ratio_cpu": c_them / c_us})
+    sp = _load(out, "surprise")
+    for name, d in ((sp or {}).get("methods") or {}).items():  # one timed fit each: its time, no trajectory
+        t_us, i_us = flagship_time_to(flag, d["final_val_mse"])
+        cmp["surprise_" + name] = {"target_val_mse": d["final_val_mse"], "their_time_s": d["fit_s"],
+                                   "flagship_time_s": t_us, "flagship_iters": i_us,
+                                   "ratio": None if not t_us else d["fit_s"] / t_us}
     adam = _load(out, "adam")
     if adam is not None:
         t_us, i_us = flagship_time_to(flag, adam["final_val_mse"])
@@ -736,6 +776,12 @@ def table(out) -> str:
         d = dict(d, s_per_iter_median=d["s_per_sweep"])
         row(f"masked HALS ({d['sweeps']} sweeps, lrfactor driver)", d,
             _mib(d.get("chunk_bytes")) + f" ({d['settings']['chunk']}-sweep chunk)", "hals")
+    d = parts["surprise"]
+    for name, m in ((d or {}).get("methods") or {}).items():
+        reg = ", ".join(f"{k} {v:g}" for k, v in m["reg"].items())
+        row(f"surprise {name.upper()} ({d['rank']} factors, {reg} by its {d['cv_folds']}-fold CV)",
+            dict(m, iterations=f"{m['epochs']} epochs", s_per_iter_median=m["s_per_epoch"],
+                 time_to_success_s=None), "—", "surprise_" + name)
     d = parts["adam"]
     if d:
         d2 = dict(d, s_per_iter_median=d["s_per_epoch_batch"], iterations=f"{d['epochs']} epochs")
@@ -746,6 +792,18 @@ def table(out) -> str:
         d = parts["adam"]
         lines += [f"Adam: success rate {_fmt(d['success_rate'])} over its {d['seeds_in_run']} seeds; its s / epoch and "
                   f"time are for the batch of {d['seeds_in_run']} vmapped seeds (from `{d['run']}`, not re-run).", ""]
+    d = parts["surprise"]
+    if d:
+        best = {n: m["best_val_mse_any_setting"] for n, m in d["methods"].items()}
+        lines += [f"surprise {d['surprise_version']}: SGD over its own epochs from its own random start (not the "
+                  f"flagship's), on the same {d['n_train']} training entries, scored on the same {d['n_val']} "
+                  f"held-out ones, predictions clipped to the training values' range; one timed fit of the "
+                  f"setting its cross-validation chose (its s / iteration: per epoch). Its best held-out MSE over "
+                  f"every regularisation tried, a bound in its favour: "
+                  + ", ".join(f"{n.upper()} {_fmt(v)}" for n, v in best.items()) + "."
+                  + (f" Timed at a 1-minute load of {_fmt(d['load_avg_1min'][0])} against the flagship's "
+                     f"{_fmt(flag['load_avg_1min'][0])}: its time ratio is only as good as that match."
+                     if flag and d.get("load_avg_1min") and flag.get("load_avg_1min") else ""), ""]
     d = parts["jaxopt"]
     if d and d.get("gradient_nan_from_iteration"):
         lines += [f"jaxopt: its state's gradient is NaN from update {d['gradient_nan_from_iteration']} on and it never "
@@ -829,6 +887,7 @@ def main(argv=None) -> int:
     p.add_argument("--optx-tol", type=float, default=1e-12, help="optimistix LM rtol = atol")
     p.add_argument("--jaxopt-materialize", action="store_true", help="jaxopt: dense J and JᵀJ, Cholesky")
     p.add_argument("--hals-sweeps", type=int, default=10000)
+    p.add_argument("--surprise-folds", type=int, default=3, help="surprise's cross-validation over its regularisation")
     p.add_argument("--adam-run", default="results/adam-seed")
     p.add_argument("--dense-n", type=int, default=400)
     p.add_argument("--dense-steps", type=int, default=1, help="timed dense steps after compiling")

@@ -147,6 +147,12 @@ def cmd_table(args):
                 cvj = _load(os.path.join(folder, "cv", "cv.json"))
                 row["cv_choice"] = cvj["choice"]["setting"]
                 row["cv_wall_s"] = cvj["wall_s"]
+                # the default factor penalties: per loss (lrfactor.config.reg_scale), or, in runs made before
+                # that, frobenius's values for every loss
+                reg = cvj["axes"].get("reg")
+                row["cv_penalties"] = ("per loss" if isinstance(reg, dict) else
+                                       "frobenius only (the same)" if cvj["axes"]["loss"] == ["frobenius"] else
+                                       "frobenius's for every loss")
             d_sum = os.path.join(folder, "default", "summary.json")
             if os.path.exists(d_sum):
                 s = _load(d_sum)
@@ -167,8 +173,8 @@ def cmd_table(args):
         return f"{v / t:.3g}" if v is not None and t else "–"
 
     lines = ["| noise | draw | truth held-out MSE | CV choice | CV / truth | CV / rank-8 oracle | rank-8 defaults / truth "
-             "| surprise best / truth | CV s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| surprise best / truth | CV s | default penalties |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         choice = r.get("cv_choice")
         ch = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in choice.items()) \
@@ -177,12 +183,36 @@ def cmd_table(args):
         wall = f"{r['cv_wall_s']:.0f}" if "cv_wall_s" in r else "–"
         lines.append(f"| {r['kind']} | {r['draw']} | {t:.4g} | {ch} | {ratio(r, 'cv_val_mse')} | "
                      f"{ratio(r, 'cv_val_mse', 'oracle8_val_mse')} | {ratio(r, 'default_val_mse')} | "
-                     f"{ratio(r, 'surprise_best_val_mse')} | {wall} |" if t is not None else
-                     f"| {r['kind']} | {r['draw']} | – | – | – | – | – | – | – |")
+                     f"{ratio(r, 'surprise_best_val_mse')} | {wall} | {r.get('cv_penalties', '–')} |" if t is not None else
+                     f"| {r['kind']} | {r['draw']} | – | – | – | – | – | – | – | – |")
+    lines += ["", summary_table(rows)]
     text = "\n".join(lines)
     with open(os.path.join(args.root, "noise.md"), "w") as fh:
         fh.write(text + "\n")
     print(text)
+
+
+LIMIT = 1.3  # the CV choice's held-out MSE at most this many times the truth's, on every draw
+
+
+def summary_table(rows) -> str:
+    """Per noise kind over its draws with every fit done: the worst CV / truth, and the draws where the CV choice
+    beats surprise's best (on the same entries) and the rank-8 defaults."""
+    out = [f"| noise | draws | CV / truth: worst (mean) | draws with CV / truth <= {LIMIT} | draws CV below surprise's "
+           "best | draws CV below the rank-8 defaults | rank-8 defaults / truth: best – worst |",
+           "|---|---|---|---|---|---|---|"]
+    for kind in dict.fromkeys(r["kind"] for r in rows):
+        done = [r for r in rows if r["kind"] == kind and r.get("truth_val_mse")
+                and all(k in r for k in ("cv_val_mse", "default_val_mse", "surprise_best_val_mse"))]
+        if not done:
+            continue
+        cv = np.asarray([r["cv_val_mse"] / r["truth_val_mse"] for r in done])
+        de = np.asarray([r["default_val_mse"] / r["truth_val_mse"] for r in done])
+        below_s = sum(r["cv_val_mse"] < r["surprise_best_val_mse"] for r in done)
+        below_d = sum(r["cv_val_mse"] < r["default_val_mse"] for r in done)
+        out.append(f"| {kind} | {len(done)} | {cv.max():.4g} ({cv.mean():.4g}) | {int(np.sum(cv <= LIMIT))}/{len(done)} "
+                   f"| {below_s}/{len(done)} | {below_d}/{len(done)} | {de.min():.3g} – {de.max():.3g} |")
+    return "\n".join(out)
 
 
 def main(argv=None):

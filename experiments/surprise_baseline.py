@@ -1,6 +1,6 @@
 """The recommender-system baselines a practitioner would try: surprise's SVD and NMF on a run's own split.
 
-    python experiments/surprise_baseline.py RUN_DIR [--k 3] [--out FILE]
+    python experiments/surprise_baseline.py RUN_DIR [--k 3] [--factors N] [--out FILE]
 
 Reads the run's data and split exactly as the run did (its config.json:
 ``--data``, split key or fraction and seed; for the synthetic problem the
@@ -8,7 +8,8 @@ first seed's draw), fits scikit-surprise (the ``bench`` extra) on the run's
 training entries only and scores the run's held-out entries:
 
 - ``SVD`` (Funk SVD with user/item biases, SGD) and ``NMF`` (non-negative,
-  SGD), both at surprise's defaults with ``n_factors`` = the run's rank;
+  SGD), both at surprise's defaults with ``n_factors`` = the run's rank
+  (``--factors N``: N instead, e.g. surprise's own default 100 for SVD);
 - each over a small grid of its regularisation (SVD ``reg_all``, NMF
   ``reg_pu`` = ``reg_qi``), the value chosen by surprise's own ``--k``-fold
   cross-validation on the training entries (``cross_validate``, RMSE), never
@@ -95,8 +96,12 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run", help="a saved lrfactor run folder")
     p.add_argument("--k", type=int, default=3, help="folds of surprise's cross-validation over the regularisation")
+    p.add_argument("--factors", type=int, default=None, help="n_factors of SVD and NMF (default: the run's rank)")
     p.add_argument("--out", default=None, help="JSON file to write (default RUN/surprise.json)")
     args = p.parse_args(argv)
+    if args.factors is not None and args.factors < 1:
+        print(f"error: --factors must be >= 1, got {args.factors}", file=sys.stderr)
+        return 2
     try:
         import surprise
     except ImportError:
@@ -112,9 +117,10 @@ def main(argv=None) -> int:
     except (ConfigError, ProblemError, OSError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
-    res = fit_surprise(table, cfg.rank, args.k)
+    factors = args.factors or cfg.rank
+    res = fit_surprise(table, factors, args.k)
     k = best_seed(summary)
-    rec = {"run": args.run, "rank": cfg.rank, "n_train": table.n_train, "n_val": table.n_val,
+    rec = {"run": args.run, "rank": cfg.rank, "n_factors": factors, "n_train": table.n_train, "n_val": table.n_val,
            "lrfactor": {"solver": summary["solver"], "seed": summary["seeds"][k],
                         "train_mse": summary["final"]["train_mse"][k], "val_mse": summary["final"]["val_mse"][k]},
            "surprise": res, **results.environment(), "surprise_version": surprise.__version__}

@@ -229,18 +229,60 @@ CV_GRID = {
     # the curvature of the data term per log-parameter of the less observed
     # side, so l2 = 1e-3·s and 1e-1·s move the log-factors by ~0.1 % and ~10 %.
     "l2": lambda d, cfg: (0.0,),
-    # The penalty on the factors themselves: none and two relative to the data.
-    # At a balanced point ΣW² + ΣH² is about (n + m)·mean V, so reg = ρ·mean V²
-    # / ((n + m)·mean V) makes the penalty ρ of the data's second moment: ρ =
-    # 1e-3 and 1e-2 shrink the weak components without touching the strong.
-    # The question's l2 on the log-factors pulls every factor towards 1 and is
-    # in the grid only when given.
-    "reg": lambda d, cfg: (0.0,) + tuple(rho * d.mean_sq / ((d.n + d.m) * max(d.mean, 1e-300)) for rho in (1e-3, 1e-2)),
+    # The penalty on the factors themselves: none and REG_STRENGTHS relative
+    # to the data and the loss (reg_scale: the same strength shrinks a fit by
+    # the same fraction whatever the loss). Its values depend on the loss, so
+    # the grid takes them per loss (PER_LOSS). The question's l2 on the
+    # log-factors pulls every factor towards 1 and is in the grid only when given.
+    "reg": lambda d, cfg: tuple(rho * reg_scale(cfg.loss, d) for rho in REG_STRENGTHS),
     # Every loss the solver can minimise that the values allow, by the rule
     # every run is checked by (lrfactor.losses.value_requirement: no kl or log
     # on negative values, no log on zeros).
     "loss": lambda d, cfg: tuple(l for l in _solver_losses(cfg.solver) if not _bad_for(l, cfg.solver, d.min_val)),
 }
+
+
+# Axes of CV_GRID whose default values depend on the setting's loss: the
+# grid takes them per loss (lrfactor.cv.grid), each loss with its own values.
+PER_LOSS = ("reg",)
+
+# The default grid's factor-penalty strengths ρ (0: none): reg = ρ·reg_scale.
+# 1e-3 and 1e-2 shrink the weak components without touching the strong.
+REG_STRENGTHS = (0.0, 1e-3, 1e-2)
+
+
+def loss_curvature(loss: str, mean_sq: float, mean: float) -> float:
+    """κ: the mean over the entries of ½·∂²ℓ/∂(log P)² at P = V, from the data's mean V² and mean V.
+
+    The fitted parameters are log-factors, so a change of a component's
+    log-factor by δ moves its predictions by a fraction δ, and near a fit the
+    loss grows by about κ·δ² per entry: frobenius (P − V)² gives ½·2V² = V²,
+    kl V log(V/P) − V + P gives ½·V, log (log P − log V)² gives ½·2 = 1. κ is
+    the scale at which a loss resists relative changes of the prediction;
+    frobenius weighs an entry by V², kl by V, log not at all.
+    """
+    if loss == "frobenius":
+        return mean_sq
+    if loss == "kl":
+        return 0.5 * mean
+    if loss == "log":
+        return 1.0
+    raise ValueError(f"unknown loss {loss!r}")
+
+
+def reg_scale(loss: str, d) -> float:
+    """The factor penalty of relative strength 1 for ``loss`` on data summarised by ``d`` (n, m, mean_sq, mean).
+
+    At a balanced point (‖wᵢ‖² ≈ ‖hⱼ‖² ≈ P) ΣW² + ΣH² is about (n + m)·mean V,
+    so reg = ρ·κ / ((n + m)·mean V) makes the penalty ρ·κ (κ:
+    :func:`loss_curvature`), ρ of the loss's own scale. The penalty's gradient
+    against the loss's curvature then shrinks a fit by the same fraction for
+    every loss: fitting a constant n × n matrix c at rank 1 shrinks the
+    prediction to c·(1 − ρ/2 + O(ρ²)) with every loss. With one scale for all
+    (frobenius's mean V²) kl's penalty would be 2·mean V²/mean V times and
+    log's mean V² times stronger.
+    """
+    return loss_curvature(loss, d.mean_sq, d.mean) / ((d.n + d.m) * max(d.mean, 1e-300))
 
 
 # The fold runs of --cv only have to *rank* the settings of the grid, not to

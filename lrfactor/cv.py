@@ -15,9 +15,13 @@ report). ``--cv K``:
    it stays a training entry in every fold (a row or column with a single
    training entry is always pinned). Held-out entries are not in the folds.
 2. **Grid** (:func:`grid`). Every setting of ``lrfactor.config.CV_GRID``
-   (rank, l2, loss): the values given (a comma list, or one value), else the
-   default values there, a function of the data; a setting the solver does not
-   use keeps its one value. The grid is their product, in the order given.
+   (rank, l2, reg, loss): the values given (a comma list, or one value), else
+   the default values there, a function of the data; a setting the solver does
+   not use keeps its one value. The grid is their product, in the order given.
+   The default factor penalties depend on the loss too
+   (:func:`lrfactor.config.reg_scale`: the same strengths at each loss's
+   scale), so that axis holds values per loss and the product takes, for each
+   loss, its own.
 3. **One batch per shape** (:func:`run_grid`). Each batch element is one
    (fold, setting, seed) with its own problem (training entries = the
    training entries outside the fold, held-out entries = the fold), run by the
@@ -153,9 +157,15 @@ def summarise(table: tables.Table, fold: np.ndarray, k: int) -> DataSummary:
 
 
 def axes(cfg: RunConfig, data: DataSummary) -> dict:
-    """{setting: values} of every grid axis (``CV_GRID``): given, default, or the one value used."""
+    """{setting: values} of every grid axis (``CV_GRID``): given, default, or the one value used.
+
+    An axis of ``lrfactor.config.PER_LOSS`` left to its default holds
+    {loss: values} instead, the default for each loss of the loss axis (the
+    default factor penalties: the same strengths, each at its loss's scale).
+    """
     known = C.choices()
     out = {}
+    defaults = []
     for name, default in C.CV_GRID.items():
         v = getattr(cfg, name)
         if isinstance(v, (tuple, list)):
@@ -163,14 +173,43 @@ def axes(cfg: RunConfig, data: DataSummary) -> dict:
         elif C.unused_reason(name, cfg, known) is not None:
             out[name] = (v,)
         else:
-            out[name] = tuple(default(data, cfg))
+            out[name] = None
+            defaults.append(name)
+    for name in defaults:  # the loss axis first: the per-loss defaults read it
+        if name not in C.PER_LOSS:
+            out[name] = tuple(C.CV_GRID[name](data, cfg))
+    for name in defaults:
+        if name in C.PER_LOSS:
+            out[name] = {l: tuple(C.CV_GRID[name](data, dataclasses.replace(cfg, loss=l))) for l in out["loss"]}
     return out
 
 
 def grid(ax: dict) -> list:
-    """The settings of the grid: the product of the axes, first axis slowest, as dicts."""
+    """The settings of the grid: the product of the axes, first axis slowest, as dicts.
+
+    A per-loss axis ({loss: values}, every loss with as many values) takes
+    its i-th value for the setting's loss: the product runs over the positions.
+    """
     names = list(ax)
-    return [dict(zip(names, vals)) for vals in itertools.product(*(ax[a] for a in names))]
+    per = {a: len(next(iter(ax[a].values()))) for a in names if isinstance(ax[a], dict)}
+    for a, k in per.items():
+        if any(len(v) != k for v in ax[a].values()):
+            raise ValueError(f"per-loss axis {a!r}: every loss needs as many values")
+    ranges = [range(per[a]) if a in per else ax[a] for a in names]
+    out = []
+    for vals in itertools.product(*ranges):
+        s = dict(zip(names, vals))
+        for a in per:
+            s[a] = ax[a][s["loss"]][s[a]]
+        out.append(s)
+    return out
+
+
+def axis_values(ax: dict, name: str) -> list:
+    """The distinct values of axis ``name``, a per-loss one's of every loss together, in order of appearance."""
+    v = ax[name]
+    flat = [x for vs in v.values() for x in vs] if isinstance(v, dict) else list(v)
+    return list(dict.fromkeys(flat))
 
 
 # ---------------------------------------------------------------------------

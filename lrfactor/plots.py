@@ -519,7 +519,9 @@ def cv_figure(rec: dict) -> plt.Figure:
     fold = np.vectorize(_score, otypes=[float])(np.asarray(rec["scores"]["val_mse"], dtype=object))
     mean = np.vectorize(_score, otypes=[float])(np.asarray(rec["scores"]["mean_val_mse"], dtype=object))
     std = np.vectorize(_score, otypes=[float])(np.asarray(rec["scores"]["std_val_mse"], dtype=object))
-    axes = rec["axes"]
+    # an axis per loss ({loss: values}, the default factor penalties): its values of every loss together
+    axes = {a: list(dict.fromkeys(x for vs in v.values() for x in vs)) if isinstance(v, dict) else v
+            for a, v in rec["axes"].items()}
     varied = [a for a, v in axes.items() if len(v) > 1]
     x_axis = "rank" if "rank" in varied else (varied[0] if varied else None)
     others = [a for a in varied if a != x_axis]

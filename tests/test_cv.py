@@ -233,6 +233,34 @@ def test_cv_figure_from_the_saved_folder(cli_run, tmp_path):
     assert (tmp_path / "cv.png").stat().st_size > 0
 
 
+def test_cv_figure_draws_each_loss_with_its_own_penalties(data):
+    """The default grid's per-loss factor penalties: one line per (reg, loss) pair against the rank,
+    through each pair's mean fold scores."""
+    from lrfactor import plots
+
+    t = data["table"]
+    fold = cv.assign_folds(t.rows[~t.is_val], t.cols[~t.is_val], t.shape, K, 0)
+    ax = cv.axes(resolve(RunConfig(solver="gauss_newton", data="x.csv", cv=K)), cv.summarise(t, fold, K))
+    settings = cv.grid(ax)
+    G = len(settings)
+    fold_scores = 1.0 + np.arange(K * G, dtype=float).reshape(K, G) / G
+    rec = results.plain({"k": K, "solver": "gauss_newton", "seeds": [0], "axes": ax, "settings": settings,
+                         "scores": {"val_mse": fold_scores, "mean_val_mse": fold_scores.mean(0),
+                                    "std_val_mse": fold_scores.std(0, ddof=1)},
+                         "choice": {"index": 0, "setting": settings[0]}})
+    fig = plots.cv_figure(json.loads(json.dumps(rec)))
+    mean = fold_scores.mean(0)
+    expected = {}
+    for g, s in enumerate(settings):
+        expected.setdefault((s["reg"], s["loss"]), []).append((float(s["rank"]), round(float(mean[g]), 9)))
+    assert len(expected) == 3 * len(ax["loss"])
+    drawn = set()
+    for bar in fig.axes[0].containers:
+        x, y = bar.lines[0].get_data()
+        drawn.add(tuple((float(a), round(float(b), 9)) for a, b in zip(x, y)))
+    assert drawn == {tuple(v) for v in expected.values()}
+
+
 # ---------------------------------------------------------------------------
 # Refusals and defaults
 
@@ -289,14 +317,92 @@ def test_default_grid_follows_the_data_and_the_solver(data):
     # 30 x 20: rank 12 would have 600 parameters for ~260 entries a fold fits.
     assert ax["rank"] == tuple(r for r in (2, 4, 8, 12, 16) if r * 50 <= d.n_fit) == (2, 4)
     v = t.vals[~t.is_val]
-    s = float(np.mean(v**2)) / (50 * float(np.mean(v)))  # mean V² / ((n + m)·mean V)
+    # κ / ((n + m)·mean V), κ = mean V² (frobenius), mean V / 2 (kl), 1 (log)
+    kappa = {"frobenius": float(np.mean(v**2)), "kl": float(np.mean(v)) / 2, "log": 1.0}
     assert ax["l2"] == (0.0,)  # the question's penalty only when given
-    np.testing.assert_allclose(ax["reg"], (0.0, 1e-3 * s, 1e-2 * s))
     # the losses gauss_newton minimises that these values allow (the log loss needs V > 0)
     assert ax["loss"] == (("frobenius", "kl", "log") if v.min() > 0 else ("frobenius", "kl"))
+    assert set(ax["reg"]) == set(ax["loss"])
+    for loss in ax["loss"]:
+        s = kappa[loss] / (50 * float(np.mean(v)))
+        np.testing.assert_allclose(ax["reg"][loss], (0.0, 1e-3 * s, 1e-2 * s), rtol=1e-12)
     hals = cv.axes(resolve(RunConfig(solver="hals", data="x.csv", cv=K, rank=(3,))), d)
-    assert hals == {"rank": (3,), "l2": (0.0,), "reg": tuple(ax["reg"]), "loss": ("frobenius",)}  # hals: no loss choice
-    assert len(cv.grid(ax)) == 2 * 1 * 3 * len(ax["loss"])
+    # hals: no loss choice, frobenius's penalties
+    assert hals == {"rank": (3,), "l2": (0.0,), "reg": {"frobenius": ax["reg"]["frobenius"]}, "loss": ("frobenius",)}
+    settings = cv.grid(ax)
+    assert len(settings) == 2 * 1 * 3 * len(ax["loss"])
+    # each setting's penalty is one of its own loss's, in the order rank, l2, reg, loss (loss fastest)
+    assert [s["loss"] for s in settings[: len(ax["loss"])]] == list(ax["loss"])
+    for i, s in enumerate(settings):
+        assert s["reg"] == ax["reg"][s["loss"]][(i // len(ax["loss"])) % 3]
+    # a given --reg list is the same values for every loss
+    given = cv.axes(resolve(RunConfig(solver="gauss_newton", data="x.csv", cv=K, reg=(0.0, 0.5))), d)
+    assert given["reg"] == (0.0, 0.5)
+    assert {(s["loss"], s["reg"]) for s in cv.grid(given)} == {(l, r) for l in ax["loss"] for r in (0.0, 0.5)}
+
+
+@pytest.mark.parametrize("loss", ["frobenius", "kl", "log"])
+def test_loss_curvature_is_half_the_second_derivative_in_the_log_prediction(loss):
+    """κ of lrfactor.config.loss_curvature: the mean of ½·∂²ℓ/∂(log P)² at P = V, by automatic
+    differentiation of the loss itself on random positive values."""
+    import jax
+    import jax.numpy as jnp
+
+    from lrfactor import losses
+
+    V = jnp.asarray(np.random.default_rng(0).gamma(2.0, 3.0, size=200))
+    d2 = jax.vmap(jax.grad(jax.grad(lambda u, v: losses.entry_loss(jnp.exp(u), v, loss))))(jnp.log(V), V)
+    np.testing.assert_allclose(C.loss_curvature(loss, float(jnp.mean(V**2)), float(jnp.mean(V))),
+                               float(jnp.mean(d2)) / 2, rtol=1e-10)
+
+
+def test_default_penalty_shrinks_a_fit_by_the_same_fraction_for_every_loss():
+    """The derivation of lrfactor.config.reg_scale, on the one problem with a closed form: a constant
+    n × n matrix c, fitted at rank 1 by the objective itself (Newton in float64 on the two log-factor
+    levels). With reg = ρ·reg_scale the prediction is c·(1 − ρ/2) (frobenius), c/(1 + ρ/2) (kl) and
+    c·x with log x = −ρx/2 (log): the same shrinkage ρ/2 to first order. With frobenius's scale for
+    every loss kl and log would shrink far more."""
+    import jax
+    import jax.numpy as jnp
+
+    from lrfactor import losses
+    from lrfactor.factors import Factors
+    from lrfactor.problems import Problem
+
+    n, c = 12, 7.0
+    V = np.full((n, n), c)
+    train = np.ones((n, n), bool)
+    val = np.zeros((n, n), bool)
+    val[0, 0], train[0, 0] = True, False  # one held-out entry; the 143 fitted ones are all c
+    t = tables.table_from_dense(V, train, val)
+    cvp = cv.prepare(resolve(RunConfig(solver="gauss_newton", data="x.csv", cv=K)), table=t)
+    assert cvp.axes["loss"] == ("frobenius", "kl", "log")
+    problem = Problem(jnp.asarray(V), jnp.asarray(train), jnp.asarray(val))
+
+    def fitted(loss, reg):
+        f = lambda z: losses.objective(Factors(jnp.full((n, 1), z[0]), jnp.full((n, 1), z[1])), problem, loss,
+                                       0.0, reg)
+        z = jnp.full(2, np.log(c) / 2)
+        for _ in range(50):
+            z = z - jnp.linalg.solve(jax.hessian(f)(z) + 1e-14 * jnp.eye(2), jax.grad(f)(z))
+        assert float(jnp.max(jnp.abs(jax.grad(f)(z)))) < 1e-12
+        return float(jnp.exp(z[0] + z[1])) / c  # the prediction's fraction of c
+
+    rho = C.REG_STRENGTHS[-1]
+    shrink = {}
+    for loss in ("frobenius", "kl", "log"):
+        reg = cvp.axes["reg"][loss][-1]
+        assert reg == pytest.approx(rho * C.reg_scale(loss, cv.summarise(t, cvp.fold, K)), rel=1e-12)
+        shrink[loss] = 1 - fitted(loss, reg)
+    x_log = 1.0
+    for _ in range(50):  # log x = −ρx/2 by Newton
+        x_log -= (np.log(x_log) + rho * x_log / 2) / (1 / x_log + rho / 2)
+    np.testing.assert_allclose([shrink["frobenius"], shrink["kl"], shrink["log"]],
+                               [rho / 2, 1 - 1 / (1 + rho / 2), 1 - x_log], rtol=1e-8)
+    np.testing.assert_allclose(list(shrink.values()), rho / 2, rtol=rho)  # the same to first order in ρ
+    # frobenius's penalty applied to the other losses: several times the shrinkage
+    for loss in ("kl", "log"):
+        assert 1 - fitted(loss, cvp.axes["reg"]["frobenius"][-1]) > 5 * rho / 2
 
 
 def test_default_grid_offers_no_loss_the_values_refuse():
@@ -347,3 +453,9 @@ def test_surprise_baseline_scores_the_runs_own_held_out_entries(cli_run, data, t
         reg = r["cv_choice"][key]
         assert min(r["cv_rmse"], key=r["cv_rmse"].get) == str(reg)  # chosen on the training entries' folds
         assert r["cv_choice"]["val_mse"] == r["grid"][str(reg)]["val_mse"]
+    # --factors: another number of factors than the run's rank (surprise's own default, say)
+    assert surprise_baseline.main([str(cli_run), "--factors", "5", "--out", str(tmp_path / "s5.json")]) == 0
+    rec5 = results.read_json(str(tmp_path / "s5.json"))
+    assert rec5["n_factors"] == 5 and rec["n_factors"] == 2 and rec5["rank"] == 2
+    assert rec5["surprise"]["svd"]["default"]["train_mse"] != rec["surprise"]["svd"]["default"]["train_mse"]
+    assert surprise_baseline.main([str(cli_run), "--factors", "0"]) == 2

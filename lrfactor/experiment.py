@@ -194,7 +194,7 @@ def truth_start(truth: Truth, rank: int) -> Factors:
     return from_nonneg(W, H)
 
 
-def oracle(prep: Prepared, iters: int = 20, cg_tol: Optional[float] = None, cg_iters: Optional[int] = None) -> dict:
+def oracle(prep: Prepared, iters: int = 20, cg_tol: float = RunConfig.cg_tol, cg_iters: int = RunConfig.cg_iters) -> dict:
     """The oracle optimum (docs/design.md): joint LM polished from the truncated true factors.
 
     Unpenalised MSE, always in float64 (a float32 run's data are cast up, so
@@ -220,9 +220,7 @@ def oracle(prep: Prepared, iters: int = 20, cg_tol: Optional[float] = None, cg_i
     with jax.enable_x64(True):
         f64 = lambda tree: jax.tree.map(lambda x: jnp.asarray(x, jnp.float64) if jnp.issubdtype(x.dtype, jnp.floating)
                                         else x, tree)
-        d = RunConfig()
-        return _oracle(prep._replace(problem=f64(prep.problem), truth=f64(prep.truth)), iters,
-                       d.cg_tol if cg_tol is None else cg_tol, d.cg_iters if cg_iters is None else cg_iters)
+        return _oracle(prep._replace(problem=f64(prep.problem), truth=f64(prep.truth)), iters, cg_tol, cg_iters)
 
 
 def _oracle(prep: Prepared, iters: int, cg_tol: float, cg_iters: int) -> dict:

@@ -10,10 +10,41 @@
 # The dry run exercises every command with small batches and a 60 x 20
 # problem, so a broken script is found before accelerator time is spent on it
 # (tests/test_gpu_check.py runs it). PYTHON picks the interpreter.
+#
+#   bash experiments/gpu_check.sh large   # the large problem instead: 100,000 x 10,000, 1 % observed,
+#                                         # rank 16, through run.py on coordinate lists: gauss_newton for
+#                                         # GN_LIMIT s (default 300), then masked HALS for HALS_LIMIT s
+#                                         # (default 150, at most 2,000 sweeps); each stopped at its limit
+#                                         # keeps what it finished (run.py checkpoints). The run folders,
+#                                         # without factors and checkpoints, go to $dest/large.tgz.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 py="${PYTHON:-python3}"
+part="${1:-check}"
+if [[ "$part" == large ]]; then
+  if [[ "${GPU_CHECK_DRY:-0}" == 1 ]]; then
+    dest="${OUT:-/tmp}/gpu-large-dry"; size=(--n 3000 --m 300 --observed 0.05 --true-rank 6 --rank 4)
+    gn_steps=(--steps 20); hals_steps=50
+  else
+    dest="${OUT:-/tmp}/gpu-large"; size=(--n 100000 --m 10000 --observed 0.01 --true-rank 20 --rank 16)
+    gn_steps=(); hals_steps=2000
+  fi
+  if [[ -e "$dest/gn" ]]; then
+    echo "error: $dest/gn exists; set OUT to another folder" >&2
+    exit 2
+  fi
+  mkdir -p "$dest"
+  "$py" -c "import jax; print('devices:', jax.devices())"
+  common=(--layout coo --decay 2 --seeds 1 --init scaled "${size[@]}")
+  timeout "${GN_LIMIT:-300}" "$py" experiments/run.py --solver gauss_newton --linear-solver schur_pcg "${gn_steps[@]}" \
+    "${common[@]}" --quiet --out "$dest/gn" || echo "gauss_newton: exit $? (124: stopped at GN_LIMIT)"
+  timeout "${HALS_LIMIT:-150}" "$py" experiments/run.py --solver hals --steps "$hals_steps" "${common[@]}" --quiet \
+    --out "$dest/hals" || echo "hals: exit $? (124: stopped at HALS_LIMIT)"
+  tar czf "$dest/large.tgz" -C "$dest" --exclude 'factors.npz' --exclude 'checkpoint*' gn hals
+  ls -la "$dest"
+  exit 0
+fi
 if [[ "${GPU_CHECK_DRY:-0}" == 1 ]]; then
   dest="${OUT:-/tmp}/gpu-check-dry"
   solvers=(gauss_newton hals); batch=(1); big=2; steps=2; run_steps=5

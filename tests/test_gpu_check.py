@@ -27,3 +27,20 @@ def test_gpu_check_dry_run(tmp_path):
                            text=True, timeout=60)
     assert again.returncode == 2 and "exists" in again.stderr
     assert json.load(open(dest / "gn-2" / "summary.json")) == summary
+
+
+def test_gpu_check_large_dry_run(tmp_path):
+    # the large part with a small problem and a few steps: both runs complete, their folders packed
+    import tarfile
+
+    env = {**os.environ, "GPU_CHECK_DRY": "1", "OUT": str(tmp_path), "PYTHON": sys.executable,
+           "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run(["bash", os.path.join(ROOT, "experiments", "gpu_check.sh"), "large"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with tarfile.open(tmp_path / "gpu-large-dry" / "large.tgz") as tar:
+        names = set(tar.getnames())
+        gn = json.load(tar.extractfile("gn/summary.json"))
+        hals = json.load(tar.extractfile("hals/summary.json"))
+    assert not any(n.endswith("factors.npz") for n in names)
+    assert gn["complete"] and gn["final"]["steps"][0] <= 20 and hals["final"]["steps"] == [50]

@@ -368,3 +368,21 @@ def test_weighted_runs_end_to_end_for_every_solver(weighted_csv, tmp_path, solve
         np.testing.assert_allclose(f["val_wmse"][k], wval, rtol=1e-9)
         np.testing.assert_allclose(f["val_mse"][k], val, rtol=1e-9)
         np.testing.assert_allclose(f["train_mse"][k], train, rtol=1e-9)
+
+
+def test_fit_takes_training_weights_with_arrays_as_the_dense_file_does(tmp_path):
+    """lrfactor.fit(V, train_mask, val_mask, train_weight=...) is the run of the dense .npz holding
+    train_weight; weights without arrays are refused."""
+    problem = _weighted(seed=4, n=20, m=9)
+    V, train, val, w = (np.asarray(x) for x in (problem.V, problem.train, problem.val, problem.weight))
+    np.savez(tmp_path / "d.npz", V=V, train_mask=train, val_mask=val, train_weight=w)
+    kw = dict(solver="hals", rank=3, seeds=1, steps=6)
+    a = lrfactor.fit(V, train, val, train_weight=w, **kw)
+    b = lrfactor.fit(data=str(tmp_path / "d.npz"), **kw)
+    c = lrfactor.fit(V, train, val, **kw)
+    np.testing.assert_array_equal(a.W, b.W)
+    assert not np.allclose(a.W, c.W)  # the weights changed the fit
+    np.testing.assert_allclose(a.summary["final"]["objective"],
+                               losses.objective(Factors(np.log(a.W[0]), np.log(a.H[0])), problem), rtol=1e-12)
+    with pytest.raises(lrfactor.config.ConfigError, match="train_weight goes with the arrays"):
+        lrfactor.fit(data=str(tmp_path / "d.npz"), train_weight=w, **kw)

@@ -74,7 +74,7 @@ def main(argv=None) -> int:
         params = Factors(jnp.log(jnp.asarray(fac["W"][i])), jnp.log(jnp.asarray(fac["H"][i])))
         state = solver.init(params, prob)
         W, H = jnp.exp(params.A), jnp.exp(params.B)
-        _, omega = bk.psi_omega(layout.entry_products(prob, W, H), layout.values(prob), layout.mask(prob), "frobenius")
+        _, omega = bk.psi_omega(layout.entry_products(prob, W, H), layout.values(prob), layout.weights(prob), "frobenius")
         U, S = bk.normal_blocks(prob, W, H, omega)
         mean_diag = float(jnp.mean(jnp.concatenate([jnp.diagonal(U, axis1=1, axis2=2).ravel(),
                                                      jnp.diagonal(S, axis1=1, axis2=2).ravel()])))

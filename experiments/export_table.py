@@ -52,7 +52,7 @@ def question_problem(seed: int, precision: int = 64):
     keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray([seed], dtype=jnp.uint32))
     keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)
     problem, truth = jax.jit(jax.vmap(lambda k: make_synthetic(k, sc, dtype)))(keys)
-    V, train, val = (np.asarray(a)[0] for a in problem)
+    V, train, val = (np.asarray(a)[0] for a in (problem.V, problem.train, problem.val))
     truth = jax.tree.map(lambda a: a[0], truth)
     seen = train | val
     V = np.where(seen, V, 0.0).astype(np.float64)

@@ -61,8 +61,8 @@ class Fit:
         return tables.predict_pairs(self.W[k], self.H[k], rows.ravel(), cols.ravel()).reshape(rows.shape)
 
 
-def fit(V=None, train_mask=None, val_mask=None, *, table: Optional[tables.Table] = None, progress: bool = False,
-        **settings: Any) -> Fit:
+def fit(V=None, train_mask=None, val_mask=None, *, train_weight=None, table: Optional[tables.Table] = None,
+        progress: bool = False, **settings: Any) -> Fit:
     """Fit V ≈ W Hᵀ with W = exp(A), H = exp(B) on ``train_mask``, for ``seeds`` random starts.
 
     The data: dense arrays ``V`` (n, m) with a boolean ``train_mask`` (and
@@ -71,6 +71,9 @@ def fit(V=None, train_mask=None, val_mask=None, *, table: Optional[tables.Table]
     :func:`lrfactor.tables.read_table`); or a file (``data="sales.csv"``, as
     ``--data``); or none of them: the synthetic problem of the settings (the
     question's recipe by default), where each seed draws its own data.
+    ``train_weight`` (n, m), with arrays: per-entry weights of the training
+    entries (each entry's loss term times its weight; finite, >= 0); a table
+    or a file carries its own (``weight_key=`` names a table's column).
 
     ``settings``: every ``RunConfig`` field (``rank``, ``solver``, ``seeds``,
     ``steps``, ``loss``, ``l2``, ``precision``, ...). With ``cv=K``, ``rank``,
@@ -91,7 +94,10 @@ def fit(V=None, train_mask=None, val_mask=None, *, table: Optional[tables.Table]
         if V is None or train_mask is None:
             raise C.ConfigError("dense data need both V and train_mask")
         table = tables.table_from_dense(np.asarray(V), np.asarray(train_mask),
-                                        None if val_mask is None else np.asarray(val_mask), source="V")
+                                        None if val_mask is None else np.asarray(val_mask), source="V",
+                                        train_weight=None if train_weight is None else np.asarray(train_weight))
+    elif train_weight is not None:
+        raise C.ConfigError("train_weight goes with the arrays V and train_mask; a table or a file carries its own")
     elif table is not None and settings.get("data") is not None:
         raise C.ConfigError("give the data once: table= or data=")
     unknown = sorted(set(settings) - set(C.FIELDS))

@@ -231,6 +231,8 @@ def report(summary: dict, out: str) -> None:
 
     for k, s in enumerate(summary["seeds"]):
         line = f"  seed {s:4d}: steps {int(f['steps'][k]):6d}  train {f['train_mse'][k]:.4g}  val {f['val_mse'][k]:.4g}"
+        if "val_wmse" in f:  # the held-out entries carry weights
+            line += f"  val weighted {f['val_wmse'][k]:.4g}"
         if "truth_val" in rel:
             line += f"  val/theoretical {ratio('truth_val', k, '.3g')}"
         if "oracle_train" in rel:

@@ -58,6 +58,7 @@ class RunConfig:
     col_key: Optional[str] = None  # column of column ids; default the second column
     value_key: Optional[str] = None  # column of values; default the third column
     split_key: Optional[str] = None  # column whose values are train or val; default a random split (val_fraction)
+    weight_key: Optional[str] = None  # column of per-entry weights (finite, >= 0): each training entry's loss term is multiplied by its weight; default none (every entry counts once)
     val_fraction: float = 0.2  # fraction of the lines held out when there is no split column
     split_seed: int = 0  # seed of that random split
     predict: Optional[str] = None  # file of (row id, column id) pairs to predict, or "missing" (every unobserved pair)
@@ -214,7 +215,7 @@ USES = {
 }
 
 SYNTHETIC = ("n", "m", "true_rank", "decay", "observed", "noise")
-TABLE = ("row_key", "col_key", "value_key", "split_key", "val_fraction", "split_seed", "predict")
+TABLE = ("row_key", "col_key", "value_key", "split_key", "weight_key", "val_fraction", "split_seed", "predict")
 
 # Settings that --cv chooses among (each a comma list on the command line, a
 # list in lrfactor.fit), with the values it tries when one is not given: a
@@ -414,8 +415,8 @@ INTS = ("seeds", "seed", "steps", "rank", "precision", "split_seed", "cv", "cv_s
 FLOATS = ("l2", "reg", "val_fraction", "decay", "observed", "noise", "lr", "momentum", "min_delta", "plateau_min_delta",
           "plateau_factor", "min_lr", "inner_val", "lambda0", "cg_tol", "max_step", "ftol", "gtol", "xtol", "eps")
 BOOLS = ("early_stopping", "backtrack")
-STRINGS = ("solver", "loss", "init", "data", "layout", "row_key", "col_key", "value_key", "split_key", "predict",
-           "optimizer", "damping", "linear_solver", "schur_precision", "mlp_dims", "out", "shard")
+STRINGS = ("solver", "loss", "init", "data", "layout", "row_key", "col_key", "value_key", "split_key", "weight_key",
+           "predict", "optimizer", "damping", "linear_solver", "schur_precision", "mlp_dims", "out", "shard")
 
 RANGES = {
     "seeds": _in(0),  # 0 = the solver's default

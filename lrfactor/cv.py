@@ -14,6 +14,9 @@ report). ``--cv K``:
    entry to fit there: one of them is *pinned* instead: it is never held out,
    it stays a training entry in every fold (a row or column with a single
    training entry is always pinned). Held-out entries are not in the folds.
+   With per-entry weights each entry keeps its weight in every fold, and the
+   entry pinned for a row or column is one of positive weight (an entry of
+   weight 0 counts as not observed). Fold scores stay plain held-out MSEs.
 2. **Grid** (:func:`grid`). Every setting of ``lrfactor.config.CV_GRID``
    (rank, l2, reg, loss): the values given (a comma list, or one value), else
    the default values there, a function of the data; a setting the solver does
@@ -88,15 +91,20 @@ PINNED = -1  # fold label of a training entry that is never held out
 # Folds
 
 
-def assign_folds(rows, cols, shape, k: int, seed: int) -> np.ndarray:
+def assign_folds(rows, cols, shape, k: int, seed: int, positive=None) -> np.ndarray:
     """Fold of each training entry (0..k-1), or ``PINNED``: see the module docstring.
 
     ``rows``, ``cols``: the training entries' indices (L,). Every row and
     column with a training entry keeps at least one entry outside each fold.
+    ``positive`` (L,) bool: with per-entry weights, the entries of positive
+    weight; then every row and column keeps one of those outside each fold
+    (an entry of weight 0 counts as not observed, so it cannot be the one
+    that a fold's fit of a row rests on).
     """
     rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
     n, m = shape
     L = rows.size
+    pos = np.ones(L, bool) if positive is None else np.asarray(positive, bool)
     rng = np.random.default_rng(seed)
     u = rng.random(L)
     order = np.lexsort((u, rows))  # by row, in a random order within each row
@@ -107,12 +115,12 @@ def assign_folds(rows, cols, shape, k: int, seed: int) -> np.ndarray:
     fold[order] = (np.arange(L) - first + offset[r_sorted]) % k
     for f in range(k):
         for idx, size in ((rows, n), (cols, m)):
-            fitted = np.bincount(idx[fold != f], minlength=size)
-            seen = np.bincount(idx, minlength=size)
+            fitted = np.bincount(idx[(fold != f) & pos], minlength=size)
+            seen = np.bincount(idx[pos], minlength=size)
             empty = (fitted == 0) & (seen > 0)
             if not empty.any():
                 continue
-            cand = np.flatnonzero((fold == f) & empty[idx])
+            cand = np.flatnonzero((fold == f) & pos & empty[idx])
             cand = cand[np.argsort(u[cand], kind="stable")]  # the pinned entry: the first in the random order
             _, pick = np.unique(idx[cand], return_index=True)
             fold[cand[pick]] = PINNED
@@ -123,11 +131,13 @@ def fold_table(table: tables.Table, fold: np.ndarray, f: int) -> tables.Table:
     """The training entries of ``table`` as a table whose held-out entries are fold ``f``.
 
     The table's own held-out entries are left out, so they cannot reach any
-    fold's fit or score.
+    fold's fit or score. Each entry keeps its weight: a fold fits the weights
+    of its training entries (and its held-out fold carries theirs).
     """
     tr = ~table.is_val
     return dataclasses.replace(table, rows=table.rows[tr], cols=table.cols[tr], vals=table.vals[tr],
-                               is_val=np.asarray(fold == f), W_true=None, H_true=None)
+                               is_val=np.asarray(fold == f), W_true=None, H_true=None,
+                               weights=None if table.weights is None else table.weights[tr])
 
 
 # ---------------------------------------------------------------------------
@@ -353,7 +363,8 @@ def prepare(cfg: RunConfig, table: Optional[tables.Table] = None) -> CVPrepared:
     tr = ~table.is_val
     if table.n_train < cfg.cv:
         raise ProblemError(f"{table.source}: {table.n_train} training entries cannot fill {cfg.cv} folds")
-    fold = assign_folds(table.rows[tr], table.cols[tr], table.shape, cfg.cv, cfg.cv_seed)
+    positive = None if table.weights is None else table.weights[tr] > 0
+    fold = assign_folds(table.rows[tr], table.cols[tr], table.shape, cfg.cv, cfg.cv_seed, positive)
     for f in range(cfg.cv):
         if not np.any(fold == f):
             raise ProblemError(f"{table.source}: fold {f} of {cfg.cv} would be empty (every entry it could hold "

@@ -37,14 +37,20 @@ class Carry(NamedTuple):
 
 
 def metrics(solver: Solver, state, problem) -> dict:
-    """Per-step record: pure MSEs (no penalty), the training objective, extras, done."""
+    """Per-step record: pure MSEs (no penalty, unweighted), the training objective, extras, done;
+    and ``val_wmse``, the held-out MSE weighted by the held-out entries' weights, when the
+    problem has those (lrfactor/layout.py)."""
     params = state.params
+    train_mse = layout.masked_mse(problem, solver.predict(params, problem, "train"), "train")
+    val_pred = solver.predict(params, problem, "val")
     rec = {
-        "train_mse": layout.masked_mse(problem, solver.predict(params, problem, "train"), "train"),
-        "val_mse": layout.masked_mse(problem, solver.predict(params, problem, "val"), "val"),
+        "train_mse": train_mse,
+        "val_mse": layout.masked_mse(problem, val_pred, "val"),
         "objective": solver.objective(params, problem),
         "done": state.done,
     }
+    if layout.has_weights(problem, "val"):
+        rec["val_wmse"] = layout.weighted_mse(problem, val_pred, "val")
     for name, fn in solver.extras:
         rec[name] = jnp.asarray(fn(state))
     return rec

@@ -92,7 +92,8 @@ def prepare(cfg: RunConfig, seeds=None, table: Optional[tables.Table] = None) ->
         if table is None:  # the reader checks the values against the loss and the solver
             table = tables.read_table(cfg.data, row_key=cfg.row_key, col_key=cfg.col_key, value_key=cfg.value_key,
                                       split_key=cfg.split_key, val_fraction=cfg.val_fraction,
-                                      split_seed=cfg.split_seed, loss=cfg.loss, solver=cfg.solver)
+                                      split_seed=cfg.split_seed, loss=cfg.loss, solver=cfg.solver,
+                                      weight_key=cfg.weight_key)
         else:
             tables.check_loss(table, cfg.loss, cfg.solver)
         n, m = table.shape
@@ -145,13 +146,18 @@ def _check_synthetic_values(cfg: RunConfig, seeds, values) -> None:
 
 
 def problem_from_table(table: tables.Table, kind: str, dtype):
-    """The problem of a table's entries in layout ``kind`` (``dense`` or ``coo``), values in ``dtype``."""
+    """The problem of a table's entries in layout ``kind`` (``dense`` or ``coo``), values and weights
+    in ``dtype``: the training weights when the table has weights, the held-out ones when it has those."""
     if kind == "dense":
         V, train, val = table.to_dense()
-        return Problem(jnp.asarray(V, dtype), jnp.asarray(train), jnp.asarray(val))
+        tw, vw = table.dense_weights()
+        as_float = lambda w: None if w is None else jnp.asarray(w, dtype)  # noqa: E731
+        return Problem(jnp.asarray(V, dtype), jnp.asarray(train), jnp.asarray(val), as_float(tw), as_float(vw))
     tr, va = ~table.is_val, table.is_val
+    w = table.weights
     return from_coo(table.rows[tr], table.cols[tr], table.vals[tr], table.rows[va], table.cols[va], table.vals[va],
-                    table.shape, dtype=dtype)
+                    table.shape, dtype=dtype, weights=None if w is None else w[tr],
+                    val_weights=w[va] if table.val_weighted else None)
 
 
 def _layout(cfg, setting: str, n: int, m: int) -> str:
@@ -382,12 +388,17 @@ def run_placement(prep: Prepared) -> Optional[distributed.Placement]:
     return distributed.placement(prep.shard) if jax.device_count() > 1 else None
 
 
-def config_record(cfg: RunConfig, out: str, placement: Optional[distributed.Placement] = None) -> dict:
-    """What ``config.json`` holds: the schema version, every setting used, the environment, and what was sharded."""
+def config_record(cfg: RunConfig, out: str, placement: Optional[distributed.Placement] = None,
+                  problem=None) -> dict:
+    """What ``config.json`` holds: the schema version, every setting used, the environment, what was
+    sharded, and (given the run's ``problem``) whether per-entry weights were used."""
     env = results.environment()
     rec = {"schema": config_mod.SCHEMA, "config": dataclasses.asdict(cfg), "out": out, "precision": cfg.precision, **env}
     rec["devices"] = env["devices"]
     rec["sharding"] = placement.record() if placement is not None else {"axis": None, "devices": 1, "processes": 1}
+    if problem is not None:
+        # the weights come from --weight-key or from the .npz itself: say which entries had them
+        rec["weights"] = {"train": layout.has_weights(problem, "train"), "val": layout.has_weights(problem, "val")}
     rec["started"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     return rec
 
@@ -423,7 +434,7 @@ def run_prepared(prep: Prepared, out: Optional[str] = None, *, resume: bool = Fa
     if write:
         os.makedirs(out, exist_ok=True)
         if not resume:
-            results.write_json(os.path.join(out, "config.json"), config_record(cfg, out, placement))
+            results.write_json(os.path.join(out, "config.json"), config_record(cfg, out, placement, prep.problem))
     refs = references(prep)
     solver, carry, tracer, trace_keys = build(prep)
     history, traces, wall, compile_prev = None, None, 0.0, None
@@ -484,8 +495,9 @@ SCHEMA_2_FILL = {"layout": "dense", "linear_solver": "dense_schur", "cg_iters": 
 # Settings added later whose absence from a record means the run did not use
 # them, with the value under which they change nothing: no run before reg had
 # a factor penalty, a cross-validation writes its refit as a plain run (cv 0),
-# and no run before inner_val had an inner split.
-ADDED_OFF = {"reg": 0.0, "cv": 0, "cv_seed": 0, "inner_val": 0.0}
+# no run before inner_val had an inner split, and none before weight_key read
+# weights from a table's column.
+ADDED_OFF = {"reg": 0.0, "cv": 0, "cv_seed": 0, "inner_val": 0.0, "weight_key": None}
 
 
 # Settings added since schema 2 and the values that say what runs saved before

@@ -43,7 +43,8 @@ def init_factors(key: jax.Array, problem, rank: int, scheme: str = "keras") -> F
       question. All components start almost equal: a saddle of the permutation
       symmetry (docs/design.md).
     - ``scaled``: A, B ~ N(c, 1) with c chosen so that the mean prediction
-      r·exp(2c + 1) matches the mean observed value. Breaks the symmetry and
+      r·exp(2c + 1) matches the mean observed value (weighted, with per-entry
+      weights: the objective's mean). Breaks the symmetry and
       starts at the data's scale.
     """
     n, m = layout.shape(problem)
@@ -53,8 +54,7 @@ def init_factors(key: jax.Array, problem, rank: int, scheme: str = "keras") -> F
         A = jax.random.uniform(ka, (n, rank), dtype, -0.05, 0.05)
         B = jax.random.uniform(kb, (m, rank), dtype, -0.05, 0.05)
     elif scheme == "scaled":
-        M = layout.mask(problem)
-        mean = jnp.sum(jnp.where(M, layout.values(problem), 0.0)) / jnp.sum(M)
+        mean = layout.weighted_mean(problem, layout.values(problem))
         c = 0.5 * (jnp.log(jnp.maximum(mean, 1e-12) / rank) - 1.0)
         A = c + jax.random.normal(ka, (n, rank), dtype)
         B = c + jax.random.normal(kb, (m, rank), dtype)

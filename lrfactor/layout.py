@@ -17,12 +17,26 @@ operation                           dense                       coordinates
 ``col_gram(F, X)``   (m, r, r)      Σ_i F_ij X_i X_iᵀ           the same by scatter-add
 ``entry_quad(M, Y)``                Σ_ab M_iab Y_ja Y_jb        at each listed entry
 ``masked_mse(pred)``                mean over the mask          mean over the list (padding excluded)
+``weights()``                       weight ∘ mask (n, m)        weight of each listed entry (N,)
+``weighted_mean(E)``                Σ w·E / Σ w                 the same over the list
 ``transpose``                       Vᵀ, masks transposed        rows ↔ columns
 ==================================  ==========================  =====================================
 
 (X and Y may also be vectors, (n,) and (m,): then ``entry_products`` is the
 outer product and the sums are matrix-vector products.) ``which`` selects the
 training entries (default) or the held-out ones.
+
+**Weights.** A problem may carry a weight per observed entry (each training
+entry's loss term multiplied by it; lrfactor/problems.py). :func:`weights` is
+the one place that reads them: an entry array, the weights on the entries of
+``which`` and 0 elsewhere, or the mask as floats when the problem has none.
+Everything that averages over the training entries goes through it: the
+training objective is the weighted mean Σ w·loss / Σ w (:func:`weighted_mean`,
+:func:`weight_sum`), so scaling every weight by one constant changes nothing,
+and an entry of weight 0 counts as not observed. :func:`masked_mse` stays the
+plain mean over the mask: the reported MSEs of every run are comparable,
+weighted or not. Without weights each of these runs the arithmetic it ran
+before weights existed.
 
 The dense forms are plain matmuls and einsums, exactly what the dense solvers
 always did, so the dense path runs the same program as before. The
@@ -75,13 +89,14 @@ def dtype(problem):
 
 
 def transpose(problem):
-    """The same problem with rows and columns exchanged (Vᵀ)."""
+    """The same problem with rows and columns exchanged (Vᵀ); the weights go with their entries."""
     if is_coo(problem):
         return CooProblem(rows=problem.cols, cols=problem.rows, vals=problem.vals, val_rows=problem.val_cols,
                           val_cols=problem.val_rows, val_vals=problem.val_vals, n=problem.m, m=problem.n,
-                          chunk=problem.chunk, shards=problem.shards)
-    t = lambda x: jnp.swapaxes(x, -1, -2)
-    return Problem(t(problem.V), t(problem.train), t(problem.val))
+                          chunk=problem.chunk, shards=problem.shards, weights=problem.weights,
+                          val_weights=problem.val_weights)
+    t = lambda x: None if x is None else jnp.swapaxes(x, -1, -2)  # noqa: E731
+    return Problem(t(problem.V), t(problem.train), t(problem.val), t(problem.weight), t(problem.val_weight))
 
 
 def transpose_entries(problem, E):
@@ -127,11 +142,55 @@ def masked_mse(problem, pred, which: str = "train"):
     return mse(pred, values(problem, which), mask(problem, which), _axes(problem))
 
 
-def masked_mean(problem, E, which: str = "train"):
-    """Mean of the entry array E over the entries of ``which``."""
+def _weight_field(problem, which: str):
+    if which not in ("train", "val"):
+        raise ValueError(f"which must be 'train' or 'val', got {which!r}")
+    if is_coo(problem):
+        return problem.weights if which == "train" else problem.val_weights
+    return problem.weight if which == "train" else problem.val_weight
+
+
+def has_weights(problem, which: str = "train") -> bool:
+    """Whether the problem carries weights for the entries of ``which`` (static: a pytree's structure)."""
+    return _weight_field(problem, which) is not None
+
+
+def weights(problem, which: str = "train"):
+    """The weights of the entries of ``which`` as an entry array (0 elsewhere, padding
+    included); the mask as floats when the problem has none."""
     M = mask(problem, which)
+    w = _weight_field(problem, which)
+    if w is None:
+        return M.astype(dtype(problem))
+    return jnp.where(M, w, 0.0).astype(dtype(problem))
+
+
+def weight_sum(problem, which: str = "train"):
+    """Σ w over the entries of ``which``: the number of entries (as a float) without weights."""
+    if not has_weights(problem, which):
+        return count(problem, which).astype(dtype(problem))
+    return jnp.sum(weights(problem, which), axis=_axes(problem))
+
+
+def weighted_mean(problem, E, which: str = "train"):
+    """Σ w·E / Σ w over the entries of ``which`` (w: :func:`weights`); the plain mean without weights.
+
+    Entries of weight 0 are left out by ``where``, not multiplied by 0, so a
+    non-finite E there cannot leak in."""
     ax = _axes(problem)
-    return jnp.sum(jnp.where(M, E, 0.0), axis=ax) / jnp.sum(M, axis=ax)
+    if not has_weights(problem, which):
+        M = mask(problem, which)
+        return jnp.sum(jnp.where(M, E, 0.0), axis=ax) / jnp.sum(M, axis=ax)
+    w = weights(problem, which)
+    return jnp.sum(jnp.where(w > 0, w * E, 0.0), axis=ax) / jnp.sum(w, axis=ax)
+
+
+def weighted_mse(problem, pred, which: str = "train"):
+    """Σ w·(pred − V)² / Σ w over the entries of ``which``: :func:`masked_mse` without weights."""
+    if not has_weights(problem, which):
+        return masked_mse(problem, pred, which)
+    err = jnp.where(mask(problem, which), pred - values(problem, which), 0.0)  # finite off the mask, gradient too
+    return weighted_mean(problem, err**2, which)
 
 
 # ----------------------------------------------------------------------------- chunked sweeps
@@ -278,11 +337,13 @@ def entry_quad(problem, M, Y):
 
 
 def entry_coords(problem, idx):
-    """(rows, cols, values) of the training entries at flat positions ``idx`` of an entry array."""
+    """(rows, cols, values, weights) of the training entries at flat positions ``idx`` of an entry array
+    (weights: :func:`weights`)."""
+    w = weights(problem).reshape(-1)[idx]
     if is_coo(problem):
-        return problem.rows[idx], problem.cols[idx], problem.vals[idx]
+        return problem.rows[idx], problem.cols[idx], problem.vals[idx], w
     m = problem.V.shape[-1]
-    return idx // m, idx % m, problem.V.reshape(-1)[idx]
+    return idx // m, idx % m, problem.V.reshape(-1)[idx], w
 
 
 def predictions(problem, params, which: str = "train"):

@@ -17,6 +17,9 @@ constants), so that the right one for the data is a maximum-likelihood fit:
   Gamma, not log-normal, noise. Zeros have no log: data with zeros are
   refused for this loss (use kl for counts).
 
+Each mean is over the training entries; when the problem carries per-entry
+weights it is the weighted mean Σ w·loss / Σ w (lrfactor/layout.py).
+
 Two penalties: ``l2``·(ΣA² + ΣB²) on the log-factors (the question's Keras
 regulariser), and ``reg``·(ΣW² + ΣH²) on the factors themselves, which
 shrinks weak components towards 0 (where the log-space L2 pulls them
@@ -117,15 +120,16 @@ def factor_penalty(p: Factors) -> jax.Array:
 
 
 def data_loss(pred: jax.Array, problem, loss: str = "frobenius", which: str = "train") -> jax.Array:
-    """Mean loss over the entries of ``which`` of the prediction entry array ``pred``."""
+    """Mean loss over the entries of ``which`` of the prediction entry array ``pred``:
+    the weighted mean Σ w·loss / Σ w when the problem carries weights (lrfactor/layout.py)."""
     if loss == "frobenius":
-        return layout.masked_mse(problem, pred, which)
+        return layout.weighted_mse(problem, pred, which)
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}; known: {', '.join(LOSSES)}")
     M, V = layout.mask(problem, which), layout.values(problem, which)
     # Off the mask: harmless stand-ins (log of 0 would poison the gradient through where).
     term = entry_loss(jnp.where(M, pred, 1.0), jnp.where(M, V, 1.0), loss)
-    return layout.masked_mean(problem, term, which)
+    return layout.weighted_mean(problem, term, which)
 
 
 def objective_penalty(p: Factors, l2: float = 0.0, reg: float = 0.0) -> jax.Array:
@@ -139,5 +143,6 @@ def objective_penalty(p: Factors, l2: float = 0.0, reg: float = 0.0) -> jax.Arra
 
 
 def objective(p: Factors, problem, loss: str = "frobenius", l2: float = 0.0, reg: float = 0.0) -> jax.Array:
-    """The training objective: mean loss over the training entries + l2·(ΣA² + ΣB²) + reg·(ΣW² + ΣH²)."""
+    """The training objective: mean loss over the training entries (weighted, Σ w·loss / Σ w, when the
+    problem carries weights) + l2·(ΣA² + ΣB²) + reg·(ΣW² + ΣH²)."""
     return data_loss(layout.predictions(problem, p), problem, loss) + objective_penalty(p, l2, reg)

@@ -35,18 +35,26 @@ import numpy as np
 
 
 class Problem(NamedTuple):
-    """A matrix seen on two disjoint masks. Arrays may carry a leading seed axis."""
+    """A matrix seen on two disjoint masks. Arrays may carry a leading seed axis.
+
+    ``weight``: optional per-entry weights of the training entries (each
+    entry's loss term is multiplied by its weight; None: every entry counts
+    once); ``val_weight`` likewise for the held-out entries (they are only
+    scored). Solvers read them through :func:`lrfactor.layout.weights`.
+    """
 
     V: jax.Array  # (n, m) float: values; 0 wherever neither mask is set
     train: jax.Array  # (n, m) bool: entries fitted
     val: jax.Array  # (n, m) bool: held-out entries, scored and never fitted
+    weight: Optional[jax.Array] = None  # (n, m) float >= 0: weights of the training entries (read on train only); None = 1
+    val_weight: Optional[jax.Array] = None  # (n, m) float >= 0: weights of the held-out entries (read on val only); None = 1
 
 
 DEFAULT_CHUNK = 16384  # entries per chunk of a coordinate-list sweep (see lrfactor/layout.py)
 
 
 @functools.partial(jax.tree_util.register_dataclass,
-                   data_fields=["rows", "cols", "vals", "val_rows", "val_cols", "val_vals"],
+                   data_fields=["rows", "cols", "vals", "val_rows", "val_cols", "val_vals", "weights", "val_weights"],
                    meta_fields=["n", "m", "chunk", "shards"])
 @dataclasses.dataclass(frozen=True)
 class CooProblem:
@@ -66,6 +74,10 @@ class CooProblem:
     sharded over a mesh of that many devices, each device then sweeps its own
     block and only the (n, r)-sized sums cross devices. One shard is the plain
     sequential sweep.
+
+    ``weights`` (beside ``vals``) and ``val_weights`` (beside ``val_vals``)
+    are the optional per-entry weights, as on :class:`Problem`; padding
+    entries have weight 0.
     """
 
     rows: jax.Array  # (N,) int32 row index of each training entry; n marks padding
@@ -78,6 +90,8 @@ class CooProblem:
     m: int  # columns of the matrix
     chunk: int = DEFAULT_CHUNK  # entries processed at a time (per shard)
     shards: int = 1  # blocks of the entry lists swept side by side (the devices the entries are sharded over)
+    weights: Optional[jax.Array] = None  # (N,) float >= 0: weight of each training entry, 0 on padding; None = 1
+    val_weights: Optional[jax.Array] = None  # (N_val,) float >= 0: weight of each held-out entry; None = 1
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -165,14 +179,16 @@ def check_problem(V, train, val, rank: int, name: str = "data") -> None:
 
 
 def from_coo(rows, cols, vals, val_rows=None, val_cols=None, val_vals=None, shape=None, *,
-             chunk: int = DEFAULT_CHUNK, dtype=None) -> CooProblem:
+             chunk: int = DEFAULT_CHUNK, dtype=None, weights=None, val_weights=None) -> CooProblem:
     """A :class:`CooProblem` from host arrays (one seed): the public constructor.
 
     ``rows``, ``cols``, ``vals``: the training entries (i, j, V_ij); ``val_*``:
-    the held-out entries (omit them for none); ``shape``: (n, m). Entries are
-    sorted row-major here; nothing is validated (call :func:`check_coo` first
-    on untrusted data: duplicates, out-of-range indices, NaN, empty rows).
-    ``dtype`` is the float type of the values (default: JAX's default float).
+    the held-out entries (omit them for none); ``shape``: (n, m);
+    ``weights``, ``val_weights``: optional per-entry weights beside ``vals``
+    and ``val_vals``. Entries are sorted row-major here; nothing is validated
+    (call :func:`check_coo` first on untrusted data: duplicates, out-of-range
+    indices, NaN, empty rows). ``dtype`` is the float type of the values and
+    weights (default: JAX's default float).
     """
     if shape is None:
         raise ValueError("from_coo needs the matrix shape (n, m)")
@@ -184,41 +200,51 @@ def from_coo(rows, cols, vals, val_rows=None, val_cols=None, val_vals=None, shap
     vrows, vcols = np.asarray(val_rows, np.int64).ravel(), np.asarray(val_cols, np.int64).ravel()
     order = np.argsort(rows * m + cols, kind="stable")
     vorder = np.argsort(vrows * m + vcols, kind="stable")
+    sort = lambda x, o: None if x is None else jnp.asarray(np.asarray(x).ravel()[o], dtype)  # noqa: E731
     return CooProblem(
         rows=jnp.asarray(rows[order], jnp.int32), cols=jnp.asarray(cols[order], jnp.int32),
-        vals=jnp.asarray(np.asarray(vals).ravel()[order], dtype),
+        vals=sort(vals, order),
         val_rows=jnp.asarray(vrows[vorder], jnp.int32), val_cols=jnp.asarray(vcols[vorder], jnp.int32),
-        val_vals=jnp.asarray(np.asarray(val_vals).ravel()[vorder], dtype),
-        n=n, m=m, chunk=int(chunk),
+        val_vals=sort(val_vals, vorder),
+        n=n, m=m, chunk=int(chunk), weights=sort(weights, order), val_weights=sort(val_weights, vorder),
     )
 
 
 def to_coo(problem: Problem, chunk: int = DEFAULT_CHUNK) -> CooProblem:
-    """The coordinate form of a dense-mask problem (one seed, host side); same dtype."""
+    """The coordinate form of a dense-mask problem (one seed, host side); same dtype, same weights."""
     V, train, val = (np.asarray(x) for x in (problem.V, problem.train, problem.val))
     ti, tj = np.nonzero(train)
     vi, vj = np.nonzero(val)
-    return from_coo(ti, tj, V[ti, tj], vi, vj, V[vi, vj], V.shape, chunk=chunk, dtype=problem.V.dtype)
+    at = lambda x, i, j: None if x is None else np.asarray(x)[i, j]  # noqa: E731
+    return from_coo(ti, tj, V[ti, tj], vi, vj, V[vi, vj], V.shape, chunk=chunk, dtype=problem.V.dtype,
+                    weights=at(problem.weight, ti, tj), val_weights=at(problem.val_weight, vi, vj))
 
 
 def to_dense(problem: CooProblem) -> Problem:
-    """The dense-mask form of a coordinate-list problem (one seed, host side)."""
+    """The dense-mask form of a coordinate-list problem (one seed, host side); same weights
+    (0 off their mask)."""
     n, m = problem.n, problem.m
-    V = np.zeros((n, m), np.asarray(problem.vals).dtype)
+    dtype = np.asarray(problem.vals).dtype
+    V = np.zeros((n, m), dtype)
     train, val = np.zeros((n, m), bool), np.zeros((n, m), bool)
-    for r, c, v, mk in ((problem.rows, problem.cols, problem.vals, train),
-                        (problem.val_rows, problem.val_cols, problem.val_vals, val)):
+    weight = None if problem.weights is None else np.zeros((n, m), dtype)
+    val_weight = None if problem.val_weights is None else np.zeros((n, m), dtype)
+    for r, c, v, w, mk, wk in ((problem.rows, problem.cols, problem.vals, problem.weights, train, weight),
+                               (problem.val_rows, problem.val_cols, problem.val_vals, problem.val_weights, val,
+                                val_weight)):
         r, c, v = np.asarray(r), np.asarray(c), np.asarray(v)
         keep = r < n  # not padding
         V[r[keep], c[keep]] = v[keep]
         mk[r[keep], c[keep]] = True
-    return Problem(V=V, train=train, val=val)
+        if wk is not None:
+            wk[r[keep], c[keep]] = np.asarray(w)[keep]
+    return Problem(V=V, train=train, val=val, weight=weight, val_weight=val_weight)
 
 
 def pad_entries(problem: CooProblem, shards: int) -> CooProblem:
     """``problem`` cut into ``shards`` blocks: both entry lists padded at the end to a
-    multiple of ``shards`` with padding entries (row n, column m, value 0), which
-    every operation ignores. Works with or without a leading seed axis."""
+    multiple of ``shards`` with padding entries (row n, column m, value 0,
+    weight 0), which every operation ignores. Works with or without a leading seed axis."""
     if shards < 1:
         raise ValueError(f"shards must be >= 1, got {shards}")
 
@@ -227,24 +253,31 @@ def pad_entries(problem: CooProblem, shards: int) -> CooProblem:
         return jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, extra)], constant_values=fill)
 
     n, m = problem.n, problem.m
+    weighted = lambda w: None if w is None else pad(w, 0)  # noqa: E731  padding weighs nothing
     return problem._replace(
         rows=pad(problem.rows, n), cols=pad(problem.cols, m), vals=pad(problem.vals, 0),
         val_rows=pad(problem.val_rows, n), val_cols=pad(problem.val_cols, m), val_vals=pad(problem.val_vals, 0),
-        shards=int(shards))
+        weights=weighted(problem.weights), val_weights=weighted(problem.val_weights), shards=int(shards))
 
 
 def stack_coo(problems: list) -> CooProblem:
     """Problems of several seeds (same shape and chunk) as one batch, seed axis first.
 
     Each entry list is padded to the longest with padding entries (row n,
-    column m, value 0; see :class:`CooProblem`), which sort after every real
-    entry, so each seed keeps its own row-major order.
+    column m, value 0, weight 0; see :class:`CooProblem`), which sort after
+    every real entry, so each seed keeps its own row-major order. The
+    problems must all have weights or none (of each list).
     """
     n, m, chunk = problems[0].n, problems[0].m, problems[0].chunk
     if any((p.n, p.m, p.chunk, p.shards) != (n, m, chunk, 1) for p in problems):
         raise ValueError("stack_coo: the problems differ in shape or chunk size, or are already sharded")
+    for name in ("weights", "val_weights"):
+        if len({getattr(p, name) is None for p in problems}) > 1:
+            raise ValueError(f"stack_coo: some problems have {name} and some do not")
 
     def pad(arrs, fill):
+        if arrs[0] is None:
+            return None
         size = max(a.shape[0] for a in arrs)
         return jnp.stack([jnp.pad(a, (0, size - a.shape[0]), constant_values=fill) for a in arrs])
 
@@ -253,6 +286,7 @@ def stack_coo(problems: list) -> CooProblem:
         vals=pad([p.vals for p in problems], 0), val_rows=pad([p.val_rows for p in problems], n),
         val_cols=pad([p.val_cols for p in problems], m), val_vals=pad([p.val_vals for p in problems], 0),
         n=n, m=m, chunk=chunk,
+        weights=pad([p.weights for p in problems], 0), val_weights=pad([p.val_weights for p in problems], 0),
     )
 
 

@@ -8,13 +8,15 @@ so that the ids can be given back with the predictions. It reads
 
 * CSV and Parquet (one line per observed entry, columns named by
   ``row_key``/``col_key``/``value_key``, defaults: the first three columns,
-  optional ``split_key`` column of ``train``/``val``);
+  optional ``split_key`` column of ``train``/``val``, optional ``weight_key``
+  column of per-entry weights);
 * a coordinate-list ``.npz`` (``rows``, ``cols``, ``vals``, ``shape``,
-  optional ``split`` 0 train / 1 val, ``W_true``, ``H_true``, and the
-  ``row_ids``/``col_ids`` that :func:`write_table` stores);
-* a dense ``.npz`` (``V``, ``train_mask``, optional ``val_mask``, ``W_true``,
-  ``H_true``), through :func:`table_from_dense`; :meth:`Table.to_dense` goes
-  back to (V, train_mask, val_mask) for problems small enough to be dense.
+  optional ``split`` 0 train / 1 val, ``weights``, ``W_true``, ``H_true``,
+  and the ``row_ids``/``col_ids`` that :func:`write_table` stores);
+* a dense ``.npz`` (``V``, ``train_mask``, optional ``val_mask``,
+  ``train_weight``, ``W_true``, ``H_true``), through
+  :func:`table_from_dense`; :meth:`Table.to_dense` goes back to (V,
+  train_mask, val_mask) for problems small enough to be dense.
 
 Files are parsed by pyarrow (and handled with pandas and numpy), not by hand:
 a maintained reader infers column types, handles quoting, embedded delimiters
@@ -41,6 +43,13 @@ Conventions, the same for every format:
   carries its own split (``split`` / ``val_mask``); without one every entry
   is a training entry, as for the dense file read by
   :func:`lrfactor.problems.load_npz`.
+* **Weights** (optional): a number per line that multiplies the entry's
+  term in the training loss (a confidence, an exposure, a count). Every
+  training line needs one, finite and >= 0; held-out lines have one each
+  (then the run also reports a weighted held-out MSE) or none (empty / NaN);
+  every row and column needs a training entry of positive weight
+  (:func:`check_weights`). A line whose value is missing is dropped whatever
+  its weight.
 * **Errors** raise :class:`lrfactor.problems.ProblemError` with one line that
   names the file and the problem: unreadable file or unknown extension, a
   missing key column, an empty id, a non-numeric or infinite value, a value
@@ -48,8 +57,9 @@ Conventions, the same for every format:
   solver, a zero or negative one for the log loss:
   :func:`lrfactor.losses.value_requirement`), a duplicate (row, column)
   pair, an empty table, a split column with another value, a row or column
-  with no training entry. Line numbers count the header as line 1 (CSV);
-  Parquet and ``.npz`` name the 0-based record.
+  with no training entry, a weight that breaks the rules above. Line
+  numbers count the header as line 1 (CSV); Parquet and ``.npz`` name the
+  0-based record.
 """
 
 from __future__ import annotations
@@ -96,6 +106,11 @@ class Table:
     value_key: Optional[str] = None
     n_missing: int = 0  # lines dropped because their value was empty or NaN
     source: str = ""  # the file read, for messages
+    # (L,) float64 per-line weight (each training entry's loss term times it), or None (every
+    # entry counts once): finite and >= 0 on training lines; on held-out lines all finite and
+    # >= 0 (held-out weights, for a weighted held-out score) or all NaN (none given).
+    weights: Optional[np.ndarray] = None
+    weight_key: Optional[str] = None  # the source's weight column (None for .npz)
 
     @property
     def n_train(self) -> int:
@@ -104,6 +119,26 @@ class Table:
     @property
     def n_val(self) -> int:
         return int(np.count_nonzero(self.is_val))
+
+    @property
+    def val_weighted(self) -> bool:
+        """Whether the held-out entries have weights of their own."""
+        return self.weights is not None and self.n_val > 0 and not np.isnan(self.weights[self.is_val]).any()
+
+    def dense_weights(self):
+        """(train_weight, val_weight): (n, m) float64 arrays, 0 off their mask; either None when absent."""
+        if self.weights is None:
+            return None, None
+        n, m = self.shape
+        out = []
+        for part, given in ((~self.is_val, True), (self.is_val, self.val_weighted)):
+            if not given:
+                out.append(None)
+                continue
+            w = np.zeros((n, m), np.float64)
+            w[self.rows[part], self.cols[part]] = self.weights[part]
+            out.append(w)
+        return tuple(out)
 
     def to_dense(self):
         """(V, train_mask, val_mask): (n, m) float64 with 0 off both masks, and two bool masks."""
@@ -122,7 +157,7 @@ class Table:
 
 
 def read_table(path, row_key=None, col_key=None, value_key=None, split_key=None,
-               val_fraction=0.2, split_seed=0, loss="frobenius", solver=None) -> Table:
+               val_fraction=0.2, split_seed=0, loss="frobenius", solver=None, weight_key=None) -> Table:
     """Read a CSV, Parquet or ``.npz`` file of observed entries. Raises ProblemError.
 
     ``row_key``, ``col_key``, ``value_key`` name the columns of a CSV/Parquet
@@ -133,6 +168,9 @@ def read_table(path, row_key=None, col_key=None, value_key=None, split_key=None,
     solver that fits it: values they cannot take are refused
     (:func:`lrfactor.losses.value_requirement`: V >= 0 for the kl loss and the
     mu solver, V > 0 for the log loss; frobenius takes any real value).
+    ``weight_key`` names a column of per-entry weights (:func:`check_weights`);
+    an ``.npz`` carries its own (``weights`` beside ``vals``, ``train_weight``
+    beside ``V``).
     """
     path = os.fspath(path)
     if loss not in LOSSES:
@@ -144,21 +182,24 @@ def read_table(path, row_key=None, col_key=None, value_key=None, split_key=None,
         raise ProblemError(f"{path}: no such file")
     if ext == ".npz":
         given = [k for k, v in (("row_key", row_key), ("col_key", col_key), ("value_key", value_key),
-                                ("split_key", split_key)) if v is not None]
+                                ("split_key", split_key), ("weight_key", weight_key)) if v is not None]
         if given:
             raise ProblemError(f"{path}: key arguments ({', '.join(given)}) apply to CSV/Parquet tables, not to an .npz")
         return _read_npz(path, loss, solver)
-    cols, where = _read_columns(path, ext, row_key, col_key, value_key, split_key)
+    cols, where = _read_columns(path, ext, row_key, col_key, value_key, split_key, weight_key=weight_key)
     return _table_from_columns(path, cols, where, val_fraction, split_seed, loss, solver)
 
 
-def table_from_dense(V, train_mask, val_mask=None, W_true=None, H_true=None, source="dense") -> Table:
+def table_from_dense(V, train_mask, val_mask=None, W_true=None, H_true=None, source="dense",
+                     train_weight=None) -> Table:
     """The entries of a dense problem (the ``--data FILE.npz`` layout) as a Table.
 
     Lines are the entries of ``train_mask | val_mask`` in row-major order; ids
     are the indices 0..n-1, 0..m-1. The checks are those of
     :func:`lrfactor.problems.check_problem` (NaN or inf among observed entries
-    is an error here, as for the dense file). Raises ProblemError.
+    is an error here, as for the dense file). ``train_weight`` (n, m): per-entry
+    weights of the training entries (values off ``train_mask`` are ignored;
+    :func:`check_weights`). Raises ProblemError.
     """
     V, train = np.asarray(V), np.asarray(train_mask)
     val = None if val_mask is None else np.asarray(val_mask)
@@ -168,9 +209,22 @@ def table_from_dense(V, train_mask, val_mask=None, W_true=None, H_true=None, sou
     n, m = V.shape
     is_val = np.zeros(rows.size, bool) if val is None else val[rows, cols]
     W_true, H_true = _truth(source, W_true, H_true, (n, m))
+    is_val = np.asarray(is_val, bool)
+    weights = None
+    if train_weight is not None:
+        tw = np.asarray(train_weight)
+        if tw.shape != V.shape:
+            raise ProblemError(f"{source}: train_weight shape {tw.shape} differs from V shape {V.shape}")
+        if not (np.issubdtype(tw.dtype, np.floating) or np.issubdtype(tw.dtype, np.integer)):
+            raise ProblemError(f"{source}: train_weight must be numeric, got dtype {tw.dtype}")
+        weights = np.where(is_val, np.nan, tw[rows, cols]).astype(np.float64)
+        ids = np.arange(max(n, m), dtype=np.int64)
+        check_weights(source, weights, is_val, rows, cols, (n, m), ids[:n], ids[:m],
+                      lambda k: f"entry (row {rows[k]}, column {cols[k]})", "train_weight")
     return Table(rows=rows.astype(np.int64), cols=cols.astype(np.int64), vals=V[rows, cols].astype(np.float64),
-                 is_val=np.asarray(is_val, bool), shape=(n, m), row_ids=np.arange(n, dtype=np.int64),
-                 col_ids=np.arange(m, dtype=np.int64), W_true=W_true, H_true=H_true, source=source)
+                 is_val=is_val, shape=(n, m), row_ids=np.arange(n, dtype=np.int64),
+                 col_ids=np.arange(m, dtype=np.int64), W_true=W_true, H_true=H_true, source=source,
+                 weights=weights)
 
 
 def _extension(path: str) -> str:
@@ -180,12 +234,12 @@ def _extension(path: str) -> str:
     return ext
 
 
-def _read_columns(path, ext, row_key, col_key, value_key, split_key, n_keys=3):
+def _read_columns(path, ext, row_key, col_key, value_key, split_key, n_keys=3, weight_key=None):
     """The named columns as pyarrow arrays: {role: array}, and a function naming line k.
 
-    Key columns (ids, split) are read as text or integers; the value column as
-    float64 where every field parses, else as text for :func:`_values` to
-    locate the first bad line.
+    Key columns (ids, split) are read as text or integers; the value column
+    (and the weight column) as float64 where every field parses, else as text
+    for :func:`_values` to locate the first bad line.
     """
     try:
         if ext == ".csv":
@@ -203,18 +257,21 @@ def _read_columns(path, ext, row_key, col_key, value_key, split_key, n_keys=3):
             roles[role] = header[i]
     if split_key is not None:
         roles["split"] = split_key
+    if weight_key is not None:
+        roles["weight"] = weight_key
     for role, name in roles.items():
         if name not in header:
             raise ProblemError(f"{path}: no column {name!r} ({role} key); columns found: {', '.join(header)}")
     if len(set(roles.values())) < len(roles):
         raise ProblemError(f"{path}: the same column is named for two roles: {roles}")
-    text = {roles[r] for r in roles if r != "value"}
+    numeric = [roles[r] for r in ("value", "weight") if r in roles]
+    text = {roles[r] for r in roles if r not in ("value", "weight")}
 
     def read(value_type):
         if ext == ".csv":
             types = {name: pa.dictionary(pa.int32(), pa.string()) for name in text}
-            if "value" in roles:
-                types[roles["value"]] = value_type
+            for name in numeric:
+                types[name] = value_type
             opts = pacsv.ConvertOptions(include_columns=list(roles.values()), column_types=types)
             # Large blocks: fewer chunks, so fewer per-chunk id dictionaries to unify.
             return pacsv.read_csv(path, read_options=pacsv.ReadOptions(block_size=CSV_BLOCK), convert_options=opts)
@@ -224,9 +281,9 @@ def _read_columns(path, ext, row_key, col_key, value_key, split_key, n_keys=3):
         try:
             t = read(pa.float64())
         except pa.ArrowInvalid as e:
-            if "value" not in roles or "conversion error" not in str(e):
+            if not numeric or "conversion error" not in str(e):
                 raise
-            t = read(pa.string())  # a non-numeric value: read it as text to find its line
+            t = read(pa.string())  # a non-numeric value or weight: read it as text to find its line
     except (OSError, pa.ArrowException) as e:
         raise ProblemError(f"{path}: not a readable {ext[1:]} file ({_first_line(e)})") from None
     cols = {role: t.column(name) for role, name in roles.items()}  # chunked: no copy of the columns
@@ -306,6 +363,7 @@ def _table_from_columns(path, cols, where, val_fraction, split_seed, loss, solve
     vals = _values(path, cols.pop("value"), where, names["value"])
     if vals.size == 0:
         raise ProblemError(f"{path}: empty table (no lines)")
+    weights = _values(path, cols.pop("weight"), where, names["weight"]) if "weight" in cols else None
     is_val = None
     if "split" in cols:
         split = cols.pop("split")
@@ -328,6 +386,7 @@ def _table_from_columns(path, cols, where, val_fraction, split_seed, loss, solve
     if n_missing:
         line = np.flatnonzero(~missing)
         vals, is_val = vals[line], (None if is_val is None else is_val[line])
+        weights = None if weights is None else weights[line]
         rows, row_ids = _compact(rows[line], row_ids)
         cols_, col_ids = _compact(cols_[line], col_ids)
     del missing
@@ -338,9 +397,13 @@ def _table_from_columns(path, cols, where, val_fraction, split_seed, loss, solve
     if is_val is None:
         is_val = random_split(vals.size, val_fraction, split_seed)
     _check_coverage(path, rows, cols_, is_val, shape, row_ids, col_ids)
-    return Table(rows=rows, cols=cols_, vals=vals, is_val=np.asarray(is_val, bool), shape=shape,
+    is_val = np.asarray(is_val, bool)
+    if weights is not None:
+        check_weights(path, weights, is_val, rows, cols_, shape, row_ids, col_ids, at, names["weight"])
+    return Table(rows=rows, cols=cols_, vals=vals, is_val=is_val, shape=shape,
                  row_ids=row_ids, col_ids=col_ids, row_key=names["row"], col_key=names["col"],
-                 value_key=names["value"], n_missing=n_missing, source=path)
+                 value_key=names["value"], n_missing=n_missing, source=path, weights=weights,
+                 weight_key=names.get("weight"))
 
 
 def _compact(codes, ids):
@@ -404,6 +467,41 @@ def _check_coverage(path, rows, cols, is_val, shape, row_ids, col_ids):
                                f"({empty.size} {what}s without one)")
 
 
+def check_weights(path, weights, is_val, rows, cols, shape, row_ids, col_ids, where, name) -> None:
+    """Per-line weights (float64, NaN where missing) as a run can use them. Raises ProblemError, one line.
+
+    Every training line has a weight, finite and >= 0; the held-out lines have
+    one each (finite and >= 0, scored by the weighted held-out MSE) or none at
+    all; every row and column keeps a training entry of positive weight (an
+    entry of weight 0 counts as not observed, so a row of zero weights has
+    nothing to fit, like a row without training entries). ``name``: the
+    weights' column or key, for the messages.
+    """
+    train = ~is_val
+    lost = train & np.isnan(weights)
+    if lost.any():
+        k = int(np.argmax(lost))
+        raise ProblemError(f"{path}: missing weight (empty or NaN) in {name!r} at {where(k)} ({int(lost.sum())} "
+                           f"in all); every training entry needs a weight")
+    bad = ~np.isnan(weights) & ~((weights >= 0) & np.isfinite(weights))
+    if bad.any():
+        k = int(np.argmax(bad))
+        raise ProblemError(f"{path}: weight {weights[k]} in {name!r} at {where(k)} ({int(bad.sum())} in all); "
+                           f"weights must be finite and >= 0")
+    held = is_val & np.isnan(weights)
+    if held.any() and held.sum() < is_val.sum():
+        k = int(np.argmax(held))
+        raise ProblemError(f"{path}: missing weight in {name!r} at {where(k)}, a held-out entry, while other "
+                           f"held-out entries have one; give every held-out entry a weight or none")
+    positive = train & (weights > 0)
+    for what, idx, ids, size in (("row", rows, row_ids, shape[0]), ("column", cols, col_ids, shape[1])):
+        count = np.bincount(idx[positive], minlength=size)
+        if (count == 0).any():
+            empty = np.flatnonzero(count == 0)
+            raise ProblemError(f"{path}: {what} {_show(ids[empty[0]])} has no training entry of positive weight "
+                               f"({empty.size} {what}s without one)")
+
+
 def _show(x) -> str:
     x = x.item() if isinstance(x, np.generic) else x
     return repr(x) if isinstance(x, str) else str(x)
@@ -430,7 +528,8 @@ def _read_npz(path, loss, solver=None) -> Table:
         if "train_mask" not in data:
             raise ProblemError(f"{path}: missing key 'train_mask' (found {sorted(data)})")
         table = table_from_dense(data["V"], data["train_mask"], data.get("val_mask"),
-                                 data.get("W_true"), data.get("H_true"), source=path)
+                                 data.get("W_true"), data.get("H_true"), source=path,
+                                 train_weight=data.get("train_weight"))
         check_loss(table, loss, solver)
         return table
     for key in ("rows", "cols", "vals", "shape"):
@@ -442,10 +541,11 @@ def _read_npz(path, loss, solver=None) -> Table:
         raise ProblemError(f"{path}: shape must be two positive integers (n, m), got {shape.tolist()}")
     n, m = (int(s) for s in shape)
     L = rows.shape[0] if rows.ndim == 1 else -1
-    for key in ("rows", "cols", "vals") + (("split",) if "split" in data else ()):
+    extra = tuple(k for k in ("split", "weights") if k in data)
+    for key in ("rows", "cols", "vals") + extra:
         if data[key].ndim != 1 or data[key].shape[0] != L:
-            raise ProblemError(f"{path}: rows, cols, vals{', split' if 'split' in data else ''} must be 1-D "
-                               f"of one length, got {[data[k].shape for k in ('rows', 'cols', 'vals')]}")
+            raise ProblemError(f"{path}: rows, cols, vals{''.join(', ' + k for k in extra)} must be 1-D "
+                               f"of one length, got {[data[k].shape for k in ('rows', 'cols', 'vals') + extra]}")
     for key, size in (("rows", n), ("cols", m)):
         a = data[key]
         if not np.issubdtype(a.dtype, np.integer):
@@ -454,8 +554,9 @@ def _read_npz(path, loss, solver=None) -> Table:
         if out.any():
             k = int(np.argmax(out))
             raise ProblemError(f"{path}: {key}[{k}] = {int(a[k])} is outside 0..{size - 1}")
-    if not (np.issubdtype(vals.dtype, np.floating) or np.issubdtype(vals.dtype, np.integer)):
-        raise ProblemError(f"{path}: vals must be numeric, got dtype {vals.dtype}")
+    for key in ("vals",) + (("weights",) if "weights" in data else ()):
+        if not (np.issubdtype(data[key].dtype, np.floating) or np.issubdtype(data[key].dtype, np.integer)):
+            raise ProblemError(f"{path}: {key} must be numeric, got dtype {data[key].dtype}")
     if L == 0:
         raise ProblemError(f"{path}: empty table (no entries)")
     split = data.get("split")
@@ -477,28 +578,38 @@ def _read_npz(path, loss, solver=None) -> Table:
     _check_values(path, vals, where, loss, solver)
     _check_duplicates(path, rows, cols, (n, m), row_ids, col_ids, where)
     _check_coverage(path, rows, cols, is_val, (n, m), row_ids, col_ids)
+    weights = None
+    if "weights" in data:
+        weights = data["weights"].astype(np.float64)[line]
+        check_weights(path, weights, is_val, rows, cols, (n, m), row_ids, col_ids, where, "weights")
     W_true, H_true = _truth(path, data.get("W_true"), data.get("H_true"), (n, m))
     return Table(rows=rows, cols=cols, vals=vals, is_val=is_val, shape=(n, m), row_ids=row_ids, col_ids=col_ids,
-                 W_true=W_true, H_true=H_true, n_missing=int(missing.sum()), source=path)
+                 W_true=W_true, H_true=H_true, n_missing=int(missing.sum()), source=path, weights=weights)
 
 
 # ---------------------------------------------------------------------------
 # Writing tables
 
 
-def write_table(path, table: Table, row_key=None, col_key=None, value_key=None, split_key="split") -> None:
+def write_table(path, table: Table, row_key=None, col_key=None, value_key=None, split_key="split",
+                weight_key=None) -> None:
     """Write a Table as CSV, Parquet (long format) or coordinate-list ``.npz``.
 
     CSV/Parquet columns: the table's key names (or ``row_id``, ``col_id``,
-    ``value``) unless given, and ``split_key`` (``train``/``val``; None: no
-    split column). The ``.npz`` holds ``rows``, ``cols``, ``vals``, ``shape``,
-    ``split``, ``row_ids``, ``col_ids`` (see :func:`ids_for_npz`) and the true
-    factors when known. Values are written so that they read back exactly.
+    ``value``) unless given, ``split_key`` (``train``/``val``; None: no
+    split column) and, when the table has weights, ``weight_key`` (default the
+    table's, or ``weight``; empty where a held-out line has none). The ``.npz``
+    holds ``rows``, ``cols``, ``vals``, ``shape``, ``split``, ``row_ids``,
+    ``col_ids`` (see :func:`ids_for_npz`), ``weights`` when the table has them
+    (NaN where a held-out line has none) and the true factors when known.
+    Values and weights are written so that they read back exactly.
     """
     path = os.fspath(path)
     ext = _extension(path)
     if ext == ".npz":
         extra = {} if table.W_true is None else {"W_true": table.W_true, "H_true": table.H_true}
+        if table.weights is not None:
+            extra["weights"] = table.weights
         np.savez(path, rows=table.rows, cols=table.cols, vals=table.vals, shape=np.asarray(table.shape, np.int64),
                  split=table.is_val.astype(np.int8), row_ids=ids_for_npz(table.row_ids),
                  col_ids=ids_for_npz(table.col_ids), **extra)
@@ -509,6 +620,8 @@ def write_table(path, table: Table, row_key=None, col_key=None, value_key=None, 
     frame = {names[0]: table.row_ids[table.rows], names[1]: table.col_ids[table.cols], names[2]: table.vals}
     if split_key is not None:
         frame[split_key] = np.where(table.is_val, "val", "train")
+    if table.weights is not None:
+        frame[weight_key or table.weight_key or "weight"] = table.weights
     df = pd.DataFrame(frame)
     if ext == ".csv":
         df.to_csv(path, index=False)  # floats as their shortest round-trip repr

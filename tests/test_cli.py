@@ -46,6 +46,12 @@ def _bad_inputs(tmp_path):
     a_file.write_text("x")
     dirnpz = tmp_path / "dir.npz"
     dirnpz.mkdir()
+    weighted = {}  # small tables with a weight column w, the weight of line 4 (row b, column 1) varied
+    for name, w4 in (("neg", "-1"), ("nan", "NaN"), ("text", "heavy"), ("inf", "inf"), ("zero", "0")):
+        w5 = "0" if name == "zero" else "1"  # zero: both of row b's weights 0
+        weighted[name] = tmp_path / f"w_{name}.csv"
+        weighted[name].write_text(f"p,s,v,w\na,1,1,1\na,2,2,1\nb,1,3,{w4}\nb,2,4,{w5}\n")
+    W_ARGS = ["--val-fraction", "0", "--rank", "1", "--weight-key", "w"]
     old = tmp_path / "old_run"  # saved before backtracking, restarts and refinement existed
     old.mkdir()
     shutil.copy(os.path.join(os.path.dirname(__file__), "..", "results", "gn-100-1000", "config.json"), old)
@@ -90,6 +96,23 @@ def _bad_inputs(tmp_path):
                                  "--process-id must be in [0, 2), got 2"),
         "bad coordinator": (["--coordinator", "localhost", "--num-processes", "2", "--process-id", "0"],
                             "--coordinator must be HOST:PORT"),
+        "negative weight": (["--data", str(weighted["neg"])] + W_ARGS,
+                            "weight -1.0 in 'w' at line 4 (1 in all); weights must be finite and >= 0"),
+        "NaN weight": (["--data", str(weighted["nan"])] + W_ARGS, "missing weight (empty or NaN) in 'w' at line 4"),
+        "text weight": (["--data", str(weighted["text"])] + W_ARGS,
+                        "non-numeric value 'heavy' in column 'w' at line 4"),
+        "infinite weight": (["--data", str(weighted["inf"])] + W_ARGS, "weight inf in 'w' at line 4"),
+        "no weight column": (["--data", str(weighted["neg"]), "--weight-key", "conf"],
+                             "no column 'conf' (weight key); columns found: p, s, v, w"),
+        "zero weights on a row": (["--data", str(weighted["zero"])] + W_ARGS,
+                                  "row 'b' has no training entry of positive weight"),
+        "weight key on npz": (["--data", _npz(tmp_path, V=V, train_mask=tr), "--weight-key", "w"],
+                              "--weight-key w has no effect here: it applies to long-format tables only"),
+        "negative coo weight": (["--data", _npz(tmp_path, rows=[0, 1], cols=[0, 1], vals=[1.0, 2.0], shape=[2, 2],
+                                                weights=[1.0, -2.0]), "--rank", "1"],
+                                "weight -2.0 in 'weights' at entry 1"),
+        "dense weight shape": (["--data", _npz(tmp_path, V=V, train_mask=tr, train_weight=np.ones((8, 5)))],
+                               "train_weight shape (8, 5) differs from V shape (8, 6)"),
     }
 
 
@@ -100,7 +123,9 @@ BAD = [
         "rank above synthetic", "non-bool mask", "unknown solver", "unknown loss", "missing key", "hals with kl",
         "too many restarts", "negative restarts", "not a number", "out is a file", "out under a file",
         "resume with flags", "resume old record", "entries on dense", "entries for mlp", "unknown shard",
-        "process flags alone", "process id too large", "bad coordinator"]
+        "process flags alone", "process id too large", "bad coordinator", "negative weight", "NaN weight",
+        "text weight", "infinite weight", "no weight column", "zero weights on a row", "weight key on npz",
+        "negative coo weight", "dense weight shape"]
 
 
 @pytest.mark.parametrize("case", BAD)

@@ -16,7 +16,8 @@ SOLVERS = C.choices()["solver"]
 OTHER = {
     "solver": "hals", "seeds": 2, "seed": 5, "steps": 7, "rank": 3, "loss": "kl", "l2": 1e-3, "reg": 1e-3, "precision": 32,
     "init": "scaled", "data": "x.npz", "layout": "dense", "row_key": "product", "col_key": "store",
-    "value_key": "sales", "split_key": "split", "val_fraction": 0.3, "split_seed": 4, "predict": "missing",
+    "value_key": "sales", "split_key": "split", "weight_key": "confidence", "val_fraction": 0.3, "split_seed": 4,
+    "predict": "missing",
     "cv": 3, "cv_seed": 2, "inner_val": 0.2,
     "n": 50, "m": 20, "true_rank": 5, "decay": 1.0, "observed": 0.3, "noise": 0.1, "optimizer": "rmsprop",
     "lr": 0.5, "momentum": 0.5, "batch_size": 64, "early_stopping": False, "patience": 5, "min_delta": 0.5,

@@ -102,7 +102,7 @@ def test_a_coordinate_npz_loads_as_the_same_problem_as_its_dense_form(tmp_path):
     from lrfactor.tables import read_table
 
     problem, truth = small_problem(seed=2, n=13, m=7)
-    V, tr, va = (np.asarray(x) for x in problem)
+    V, tr, va = (np.asarray(x) for x in (problem.V, problem.train, problem.val))
     np.savez(tmp_path / "dense.npz", V=V, train_mask=tr, val_mask=va, W_true=truth.W, H_true=truth.H)
     ti, tj = np.nonzero(tr)
     vi, vj = np.nonzero(va)

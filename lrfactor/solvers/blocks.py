@@ -1,9 +1,9 @@
 """Row/column block algebra of the Gauss-Newton matrix of log-parameterized NMF.
 
 With W = exp(X) (n × r), H = exp(Y) (m × r), the prediction P_ij = W_i · H_j
-and u_ij = W_i ∘ H_j = ∂P_ij/∂X_i = ∂P_ij/∂Y_j. For a loss Σ_Ω φ(P_ij, V_ij)
-with ψ = ∂φ/∂P and Gauss-Newton (Fisher) weight ω (both entry arrays, zero
-off the training entries):
+and u_ij = W_i ∘ H_j = ∂P_ij/∂X_i = ∂P_ij/∂Y_j. For a loss Σ_Ω w_ij φ(P_ij, V_ij)
+(w: per-entry weights, 1 without) with ψ = w ∂φ/∂P and Gauss-Newton (Fisher)
+weight ω (both entry arrays, zero off the training entries; :func:`psi_omega`):
 
     g_X[i] = Σ_j ψ_ij u_ij + 2·pen·X_i + 2·fpen·W_i²     (g_Y likewise with H)
     U_i    = Σ_j ω_ij u_ij u_ijᵀ  (n, r, r)       S_j    = Σ_i ω_ij u_ij u_ijᵀ  (m, r, r)
@@ -33,21 +33,32 @@ import jax.numpy as jnp
 from lrfactor import layout
 
 
-def psi_omega(P, V, mask, loss: str):
-    """ψ = ∂φ/∂P and the Gauss-Newton (Fisher) weight ω, both 0 off the mask.
+def psi_omega(P, V, weight, loss: str):
+    """ψ = w·∂φ/∂P and the Gauss-Newton (Fisher) weight ω = w·∂²φ/∂P² (its expectation
+    for kl), both 0 where w = 0.
+
+    ``weight``: the entry array of the training entries' weights w
+    (:func:`lrfactor.layout.weights`: 0 off the training entries, 1 on them
+    when the problem has no weights; a boolean mask is unit weights). The
+    weighted objective Σ w·φ has the gradient Σ w ψ u and the Gauss-Newton
+    matrix Σ w ω u uᵀ, so the weights enter here and nowhere else: every block,
+    Schur solve and predicted decrease built on ψ and ω follows. An entry of
+    weight 0 is exactly an entry off the mask.
 
     frobenius φ = ½(P − V)²: ψ = P − V, ω = 1; kl φ = P − V log P: ψ = 1 − V/P,
     ω = 1/P (Fisher scoring: the expected Hessian under the Poisson model);
     log φ = ½(log P − log V)²: ψ = (log P − log V)/P, ω = 1/P² (exact
     Gauss-Newton: the residual log P − log V has the derivative 1/P)."""
+    w = weight.astype(P.dtype)
+    mask = w > 0
     if loss == "frobenius":
-        return jnp.where(mask, P - V, 0.0), mask.astype(P.dtype)
+        return jnp.where(mask, w * (P - V), 0.0), w
     Ps = jnp.where(mask, P, 1.0)
     if loss == "kl":
-        return jnp.where(mask, 1.0 - V / Ps, 0.0), jnp.where(mask, 1.0 / Ps, 0.0)
+        return jnp.where(mask, w * (1.0 - V / Ps), 0.0), jnp.where(mask, w / Ps, 0.0)
     if loss == "log":
         Vs = jnp.where(mask, V, 1.0)
-        return jnp.where(mask, (jnp.log(Ps) - jnp.log(Vs)) / Ps, 0.0), jnp.where(mask, 1.0 / Ps**2, 0.0)
+        return jnp.where(mask, w * (jnp.log(Ps) - jnp.log(Vs)) / Ps, 0.0), jnp.where(mask, w / Ps**2, 0.0)
     raise ValueError(f"unknown loss {loss!r}")
 
 

@@ -109,8 +109,9 @@ def end_of_epoch(cb: KerasCallbacks, plateau, params, best_params, loss, val_los
 
 def inner_split(problem, fraction: float, key):
     """The training entries with the lowest ``round(fraction · N)`` (at least one) of one U(0, 1)
-    draw per matrix position: an entry array (bool), the same on either layout."""
-    M = layout.mask(problem)
+    draw per matrix position: an entry array (bool), the same on either layout. With per-entry
+    weights, among the entries of positive weight (an entry of weight 0 is not observed)."""
+    M = layout.weights(problem) > 0
     score = jnp.where(M, layout.entry_uniform(problem, key, layout.dtype(problem)), 2.0)
     k = jnp.maximum(1, jnp.round(fraction * jnp.sum(M))).astype(jnp.int32)
     kth = jnp.sort(score.reshape(-1))[k - 1]
@@ -121,11 +122,12 @@ def shuffled_batches(key, problem, n_batches: int, batch_size: int, fitted=None)
     """A random order of the training entries (those of the entry array ``fitted``
     when given) cut into ``n_batches`` minibatches.
 
-    Returns (rows, cols, values, valid), each (n_batches, batch_size): entries
-    past the seed's number of training entries are padding (the last batch is
-    partial, as in Keras; an all-padding batch is skipped). The order sorts
-    one U(0, 1) draw per matrix position i·m + j (lrfactor.layout.entry_uniform),
-    so it is the same on either layout.
+    Returns (rows, cols, values, weights, valid), each (n_batches, batch_size):
+    entries past the seed's number of training entries are padding (the last
+    batch is partial, as in Keras; an all-padding batch is skipped);
+    ``weights`` are :func:`lrfactor.layout.weights` at the entries (1 without
+    weights, 0 on padding). The order sorts one U(0, 1) draw per matrix position
+    i·m + j (lrfactor.layout.entry_uniform), so it is the same on either layout.
     """
     flat = (layout.mask(problem) if fitted is None else fitted).reshape(-1)
     score = jnp.where(flat, layout.entry_uniform(problem, key, jnp.zeros(()).dtype).reshape(-1), 2.0)
@@ -134,7 +136,34 @@ def shuffled_batches(key, problem, n_batches: int, batch_size: int, fitted=None)
     order = jnp.pad(order, (0, max(0, total - order.shape[0])))[:total]
     valid = jnp.arange(total) < jnp.sum(flat)
     shape = (n_batches, batch_size)
-    return tuple(x.reshape(shape) for x in layout.entry_coords(problem, order)) + (valid.reshape(shape),)
+    rows, cols, vals, w = layout.entry_coords(problem, order)
+    return tuple(x.reshape(shape) for x in (rows, cols, vals, jnp.where(valid, w, 0.0))) + (valid.reshape(shape),)
+
+
+def fitted_entries(problem, inner=None):
+    """The entries the minibatches draw from: the training entries of positive weight (every
+    training entry without weights), less the inner split ``inner`` when there is one."""
+    fit = layout.weights(problem) > 0 if layout.has_weights(problem) else layout.mask(problem)
+    return fit if inner is None else fit & ~inner
+
+
+def batch_weights(problem, fitted, w):
+    """Per-entry weights of minibatch entries ``w`` divided by the mean weight over the entries
+    ``fitted``, or None (unit weights) when the problem has none.
+
+    Keras' ``sample_weight`` divides a batch's Σ w·loss by the batch size (not
+    by Σ w). The same reduction on weights normalised to mean 1 over the
+    fitted entries makes a batch's loss an unbiased estimate of the weighted
+    mean loss Σ w·loss / Σ w that the run minimises, keeps the penalty's
+    balance against it when every weight is scaled by one constant (Keras'
+    raw weights would scale the data term and not the penalty), needs no
+    division by a batch's own Σ w (0 for a batch of zero weights), and is the
+    unweighted loss exactly when every weight is 1.
+    """
+    if not layout.has_weights(problem):
+        return None
+    mean = jnp.sum(jnp.where(fitted, layout.weights(problem), 0.0)) / jnp.sum(fitted)
+    return w / mean
 
 
 INNER_SEED = 0  # draws the inner split: the same entries for every seed of one problem
@@ -160,7 +189,7 @@ def make_minibatch_trainer(
     *,
     name: str,
     init_params: Callable,
-    entry_loss: Callable,  # (params, rows, cols, V, valid) -> sum of squared errors over valid entries (, aux)
+    entry_loss: Callable,  # (params, rows, cols, V, valid, weight) -> (weighted) sum of the loss over valid entries (, aux)
     penalty: Callable,  # params -> regularization term added to every batch loss
     predict: Callable,  # (params, problem, which) -> entry array (lrfactor/layout.py)
     optimizer,
@@ -182,6 +211,14 @@ def make_minibatch_trainer(
 
     ``fit_loss`` (lrfactor/losses.py) is what ``entry_loss`` sums; the objective
     and Keras' ``val_loss`` are the same loss's mean plus the penalty.
+
+    Per-entry weights (lrfactor/layout.py) reach ``entry_loss`` as its
+    ``weight`` argument (None without weights): each entry's loss term times
+    its weight normalised to mean 1 (:func:`batch_weights`), the batch's sum
+    divided by the batch size, as Keras' ``sample_weight``. Entries of weight
+    0 are left out of the minibatches, as if not observed. ``val_loss`` is
+    weighted by the held-out entries' weights when there are any (Keras'
+    ``validation_data`` with sample weights).
     """
     plateau = plateau_transform(cfg.plateau_factor, cfg.plateau_patience, cfg.plateau_min_delta, base_lr, cfg.min_lr)
     inner_val = getattr(cfg, "inner_val", 0.0)
@@ -204,8 +241,9 @@ def make_minibatch_trainer(
 
     def step(state: FirstOrderState, problem) -> FirstOrderState:
         key, sub = jax.random.split(state.key)
-        fitted = None if state.inner is None else layout.mask(problem) & ~state.inner
-        b_rows, b_cols, b_vals, valid = shuffled_batches(sub, problem, n_batches, batch_size, fitted)
+        fitted = fitted_entries(problem, state.inner)
+        b_rows, b_cols, b_vals, b_w, valid = shuffled_batches(sub, problem, n_batches, batch_size, fitted)
+        b_w = batch_weights(problem, fitted, b_w)
         lr = base_lr * state.callbacks.plateau.scale
         hyper = state.opt_state.hyperparams
         opt_state = state.opt_state._replace(
@@ -214,11 +252,11 @@ def make_minibatch_trainer(
 
         def batch(carry, xs):
             params, opt_state, loss_sum, count = carry
-            rows, cols, bv, bvalid = xs
+            rows, cols, bv, bw, bvalid = xs
             nb = jnp.sum(bvalid)
 
             def batch_loss(p):
-                out = entry_loss(p, rows, cols, bv, bvalid)
+                out = entry_loss(p, rows, cols, bv, bvalid, bw)
                 if update_state is None:
                     return out / jnp.maximum(nb, 1) + penalty(p)
                 sse, aux = out
@@ -239,7 +277,7 @@ def make_minibatch_trainer(
 
         zero = jnp.zeros((), state.loss.dtype)
         (params, opt_state, loss_sum, count), _ = jax.lax.scan(
-            batch, (state.params, opt_state, zero, zero), (b_rows, b_cols, b_vals, valid)
+            batch, (state.params, opt_state, zero, zero), (b_rows, b_cols, b_vals, b_w, valid)
         )
         loss = loss_sum / count
         if state.inner is None:
@@ -247,7 +285,9 @@ def make_minibatch_trainer(
             monitored, final = loss, False
         else:  # Keras' validation_split: val_loss on the inner split, monitored by both callbacks
             e = losses.entry_loss(predict(params, problem, "train"), layout.values(problem), fit_loss)
-            val_loss = jnp.sum(jnp.where(state.inner, e, 0.0)) / jnp.sum(state.inner) + penalty(params)
+            w = layout.weights(problem)  # the inner split's weights (ones without weights)
+            val_loss = jnp.sum(jnp.where(state.inner, w * e, 0.0)) / jnp.sum(jnp.where(state.inner, w, 0.0)) \
+                + penalty(params)
             monitored, final = val_loss, state.callbacks.epoch + 1 >= cfg.steps
         callbacks, best_params, params, done = end_of_epoch(
             state.callbacks, plateau, params, state.best_params, monitored, val_loss,
@@ -264,14 +304,18 @@ def make_minibatch_trainer(
                   objective=objective, extras=extras)
 
 
-def factor_entry_loss(p: fac.Factors, rows, cols, v, valid, loss: str = "frobenius"):
+def factor_entry_loss(p: fac.Factors, rows, cols, v, valid, loss: str = "frobenius", weight=None):
     """Σ over valid entries of (Σ_k exp(A_ik + B_jk) − V_ij)², the question's embedding model
-    (or of another loss of lrfactor/losses.py between the prediction and V_ij)."""
+    (or of another loss of lrfactor/losses.py between the prediction and V_ij); each term
+    times ``weight`` (per entry) when given."""
     pred = jnp.sum(jnp.exp(p.A[rows] + p.B[cols]), axis=-1)
     if loss == "frobenius":
-        return jnp.sum(jnp.where(valid, (pred - v) ** 2, 0.0))
-    # Padding gets a harmless value: log 0 would poison the gradient through the where.
-    return jnp.sum(jnp.where(valid, losses.entry_loss(pred, jnp.where(valid, v, 1.0), loss), 0.0))
+        term = (pred - v) ** 2
+    else:  # padding gets a harmless value: log 0 would poison the gradient through the where
+        term = losses.entry_loss(pred, jnp.where(valid, v, 1.0), loss)
+    if weight is not None:
+        term = weight * term
+    return jnp.sum(jnp.where(valid, term, 0.0))
 
 
 def make_first_order(cfg, n_train_max: int) -> Solver:
@@ -280,7 +324,7 @@ def make_first_order(cfg, n_train_max: int) -> Solver:
     return make_minibatch_trainer(
         name=cfg.solver,
         init_params=lambda key, problem: fac.init_factors(key, problem, cfg.rank, cfg.init),
-        entry_loss=lambda p, rows, cols, v, valid: factor_entry_loss(p, rows, cols, v, valid, cfg.loss),
+        entry_loss=lambda p, rows, cols, v, valid, w: factor_entry_loss(p, rows, cols, v, valid, cfg.loss, w),
         penalty=lambda p: losses.objective_penalty(p, cfg.l2, cfg.reg),
         predict=lambda p, problem, which="train": layout.predictions(problem, p, which),
         optimizer=make_optimizer(cfg.optimizer, cfg.lr, cfg.momentum),

@@ -2,14 +2,17 @@
 
 Objective (scaled so that its Gauss-Newton form is a plain sum of squares)::
 
-    F(A, B) = Σ_Ω φ(P_ij, V_ij) + c·l2·(ΣA² + ΣB²) + c·reg·(ΣW² + ΣH²),
+    F(A, B) = Σ_Ω w_ij φ(P_ij, V_ij) + c·l2·(ΣA² + ΣB²) + c·reg·(ΣW² + ΣH²),
     P = W Hᵀ,  W = exp(A),  H = exp(B)
     φ = ½(P − V)²            (frobenius, c = |Ω|/2: F = c·MSE + ...)
     φ = P − V log P + ...    (kl,        c = |Ω|:   F = c·KL  + ...)
     φ = ½(log P − log V)²    (log,       c = |Ω|/2: F = c·mean (log P − log V)² + ...)
 
-With ψ = ∂φ/∂P and the Fisher weight ω (1 for frobenius, 1/P for kl — Fisher
-scoring — and 1/P² for log, exact Gauss-Newton) the gradient and the Gauss-Newton matrix JᵀΩJ have the bipartite
+(w: the per-entry weights, 1 without; with weights |Ω| is Σ w and the means
+are weighted, lrfactor/layout.py.)
+
+With ψ = w·∂φ/∂P and the Fisher weight ω (w for frobenius, w/P for kl — Fisher
+scoring — and w/P² for log, exact Gauss-Newton) the gradient and the Gauss-Newton matrix JᵀΩJ have the bipartite
 block structure of bundle adjustment: r × r blocks per row (U_i) and per column
 (S_j), coupled through the observed entries (lrfactor/solvers/blocks.py). Each
 iteration solves the damped system
@@ -106,8 +109,9 @@ class GNState(NamedTuple):
 
 
 def _scale(problem, loss: str):
-    """c in F = c·f: |Ω|/2 for frobenius and log (½ sums of squares), |Ω| for kl."""
-    N = layout.count(problem).astype(layout.dtype(problem))
+    """c in F = c·f: |Ω|/2 for frobenius and log (½ sums of squares), |Ω| for kl; with
+    per-entry weights Σ w in place of |Ω|, so that F's data term is Σ w·φ."""
+    N = layout.weight_sum(problem)
     return N if loss == "kl" else 0.5 * N
 
 
@@ -301,7 +305,7 @@ def make_gauss_newton(
         p = balance_if_penalised(p, weight, fweight)
         X, Y, prob, _ = oriented(p, problem)
         W, H = jnp.exp(X), jnp.exp(Y)
-        _, omega = bk.psi_omega(layout.entry_products(prob, W, H), layout.values(prob), layout.mask(prob), loss)
+        _, omega = bk.psi_omega(layout.entry_products(prob, W, H), layout.values(prob), layout.weights(prob), loss)
         dU, dS = bk.row_diagonal(prob, W, H, omega), bk.col_diagonal(prob, W, H, omega)
         diag = jnp.concatenate([dU.ravel(), dS.ravel()])
         lam = lambda0 * jnp.mean(diag)
@@ -322,7 +326,7 @@ def make_gauss_newton(
         X, Y, prob, flip = oriented(state.params, problem)
         W, H = jnp.exp(X), jnp.exp(Y)
         P = layout.entry_products(prob, W, H)
-        psi, omega = bk.psi_omega(P, layout.values(prob), layout.mask(prob), loss)
+        psi, omega = bk.psi_omega(P, layout.values(prob), layout.weights(prob), loss)
         gX, gY = bk.gradient(prob, W, H, psi, X, Y, pen, fpen)
         # The row blocks U_i; the column blocks are left to the linear solver
         # that needs them (dense_schur), the damping needs only their diagonals.

@@ -19,7 +19,9 @@ variance over the valid entries of the minibatch and moves its running
 statistics by 1 % towards them (Keras' non-fused path, which the question's
 3-D ``(batch, 1, features)`` tensors take); at evaluation it uses the running
 statistics. The loss of a batch is its MSE plus ``l2·(ΣP² + ΣS²)`` (the
-question's ``l2(1e-6)`` embedding regularizers); Adam at lr 3e-3 with the
+question's ``l2(1e-6)`` embedding regularizers; with per-entry weights, the
+weighted squared errors, as for the factor model:
+lrfactor/solvers/first_order.py); Adam at lr 3e-3 with the
 question's EarlyStopping / ReduceLROnPlateau, through
 :func:`lrfactor.solvers.first_order.make_minibatch_trainer` (one step = one
 epoch), which carries the running statistics inside the params.
@@ -155,10 +157,15 @@ def predict(params: MLPParams, problem: Problem, which: str = "train"):
     return pred
 
 
-def entry_loss(params: MLPParams, rows, cols, v, valid):
-    """(Σ over valid entries of (V̂_ij − V_ij)², moved running statistics), training mode."""
+def entry_loss(params: MLPParams, rows, cols, v, valid, weight=None):
+    """(Σ over valid entries of (V̂_ij − V_ij)², each times ``weight`` when given; moved running
+    statistics), training mode. The BatchNorm statistics are those of the batch's entries,
+    unweighted, as Keras computes them whatever the sample weights."""
     pred, stats = forward(params, params.prod[rows], params.store[cols], valid=valid, train=True)
-    return jnp.sum(jnp.where(valid, (pred - v) ** 2, 0.0)), stats
+    term = (pred - v) ** 2
+    if weight is not None:
+        term = weight * term
+    return jnp.sum(jnp.where(valid, term, 0.0)), stats
 
 
 def embedding_penalty(params: MLPParams):

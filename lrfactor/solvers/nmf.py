@@ -28,23 +28,14 @@ generalized KL divergence of :func:`lrfactor.losses.kl_divergence`). Each is a
 majorise–minimise step on a separable auxiliary function; the floor projects
 each 1-D minimiser onto [ε, ∞), which still lowers the auxiliary function.
 
-**The factor penalty** reg·(ΣW² + ΣH²) (``reg``) keeps both exact. HALS: the
-1-D quadratic gains reg·w², and its minimiser over [ε, ∞) is
-
-    w_k ← max(ε, (E h_k + w_k ∘ M (h_k ∘ h_k)) ⊘ (M (h_k ∘ h_k) + N·reg))      (N = |Ω|)
-
-MU: the penalty's curvature is added to the majoriser. Frobenius (its
-quadratic majoriser with the diagonal [(M∘W Hᵀ) H + N·reg·W] ⊘ W):
-
-    W ← max(ε, W ∘ [(M∘V) H] ⊘ [(M∘W Hᵀ) H + N·reg·W])
-
-KL (Lee–Seung's separable majoriser plus N·reg·w², a quadratic in each w
-whose positive root is taken):
-
-    W ← max(ε, 2 W ∘ a ⊘ (b + sqrt(b² + 8 N·reg·W ∘ a))),   a = (M∘V⊘W Hᵀ) H,  b = M H
-
-each the exact minimiser of a majoriser, so the objective still never
-increases.
+**Per-entry weights** Q (lrfactor/layout.py) replace the 0/1 mask M by real
+values in every formula above: the weighted objective Σ Q·φ / Σ Q is the
+masked objective with the mask Q, and each derivation goes through with a
+real-valued mask term by term (HALS: Σ_j Q_ij (E_ij + w_ik h_jk − w h_jk)² is
+still a 1-D quadratic in w, minimised at w_ik + ((Q∘E) h_k)_i / (Q (h_k ∘
+h_k))_i; MU: the auxiliary functions are sums over the entries with the
+factor Q_ij). N = |Ω| becomes Σ Q. An entry of weight 0 is exactly an entry
+off the mask.
 
 One ``step`` is one full sweep: every column of W, then every column of H
 (HALS), or W then H (MU). A seed is ``done`` when the relative decrease of its
@@ -112,6 +103,13 @@ def masked_residual(W, H, problem):
     return jnp.where(layout.mask(problem), layout.values(problem) - layout.entry_products(problem, W, H), 0.0)
 
 
+def _hals_loss(E, problem):
+    """The (weighted) mean squared error from the residual entry array E (0 off the training entries)."""
+    if layout.has_weights(problem):
+        return layout.weighted_mean(problem, E**2)
+    return jnp.sum(E**2) / layout.count(problem)
+
+
 def _penalty(W, H, reg: float):
     return reg * (jnp.sum(W**2) + jnp.sum(H**2)) if reg else 0.0
 
@@ -120,21 +118,25 @@ def hals_half_sweep(W, H, E, problem, eps: float, reg: float = 0.0):
     """Update every column of W in turn (H, E given, E = M ∘ (V − W Hᵀ)).
 
     Returns the new (W, E). The H half-sweep is the same call on the transposes.
-    With ``reg`` each update minimises the masked MSE + reg·ΣW² instead.
+    With ``reg`` each update minimises the masked MSE + reg·ΣW² instead. With
+    per-entry weights (``Mf`` below is then the weights, not the mask) each
+    update minimises the weighted squared error instead.
     """
     mask = layout.mask(problem)
-    Mf = mask.astype(W.dtype)
-    Nreg = layout.count(problem).astype(W.dtype) * reg
+    Mf = layout.weights(problem)  # the mask as floats without weights
+    weighted = layout.has_weights(problem)
+    Nreg = layout.weight_sum(problem).astype(W.dtype) * reg
 
     def column(carry, k):
         W, E = carry
         w = jax.lax.dynamic_index_in_dim(W, k, axis=1, keepdims=False)  # (n,)
         h = jax.lax.dynamic_index_in_dim(H, k, axis=1, keepdims=False)  # (m,)
         hh = layout.row_sums(problem, Mf, h * h)
+        Eh = layout.row_sums(problem, Mf * E if weighted else E, h)
         if reg:
-            new = jnp.maximum(eps, (layout.row_sums(problem, E, h) + w * hh) / (hh + Nreg))
+            new = jnp.maximum(eps, (Eh + w * hh) / (hh + Nreg))
         else:
-            new = jnp.maximum(eps, w + layout.row_sums(problem, E, h) / hh)
+            new = jnp.maximum(eps, w + Eh / hh)
         E = E - jnp.where(mask, layout.entry_products(problem, new - w, h), 0.0)
         W = jax.lax.dynamic_update_index_in_dim(W, new, k, axis=1)
         return (W, E), None
@@ -158,7 +160,7 @@ def make_hals(*, rank: int, loss: str = "frobenius", init: str = "keras", eps: f
         del key
         W, H = _start(params, eps)
         E = masked_residual(W, H, problem)
-        loss = jnp.sum(E**2) / layout.count(problem) + _penalty(W, H, reg)
+        loss = _hals_loss(E, problem) + _penalty(W, H, reg)
         return HALSState(fac.from_nonneg(W, H), W, H, E, loss, jnp.asarray(False))
 
     def step(state: HALSState, problem) -> HALSState:
@@ -166,7 +168,7 @@ def make_hals(*, rank: int, loss: str = "frobenius", init: str = "keras", eps: f
         pt = layout.transpose(problem)
         H, Et = hals_half_sweep(state.H, W, layout.transpose_entries(problem, E), pt, eps, reg)
         E = layout.transpose_entries(pt, Et)
-        loss = jnp.sum(E**2) / layout.count(problem) + _penalty(W, H, reg)
+        loss = _hals_loss(E, problem) + _penalty(W, H, reg)
         done = _stalled(state.loss, loss, ftol)
         return HALSState(fac.from_nonneg(W, H), W, H, E, loss, done)
 
@@ -190,8 +192,11 @@ def mu_update(W, H, problem, loss: str, eps: float, reg: float = 0.0):
     """One multiplicative update of W with H fixed (the transposed problem for H)."""
     V, mask = layout.values(problem), layout.mask(problem)
     P = layout.entry_products(problem, W, H)
-    rs = lambda F: layout.row_sums(problem, F, H)
-    Nreg = layout.count(problem).astype(W.dtype) * reg
+    Mf = layout.weights(problem)  # the mask as floats without weights
+    # Σ_j w_ij F_ij H_j: the weights, where there are any, multiply every row sum
+    rs = (lambda F: layout.row_sums(problem, Mf * F, H)) if layout.has_weights(problem) else \
+        (lambda F: layout.row_sums(problem, F, H))
+    Nreg = layout.weight_sum(problem).astype(W.dtype) * reg
     if loss == "frobenius":
         num = rs(jnp.where(mask, V, 0.0))
         den = rs(jnp.where(mask, P, 0.0))
@@ -199,7 +204,7 @@ def mu_update(W, H, problem, loss: str, eps: float, reg: float = 0.0):
             den = den + Nreg * W
     elif loss == "kl":
         num = rs(jnp.where(mask, V / jnp.where(mask, P, 1.0), 0.0))
-        den = rs(mask.astype(W.dtype))
+        den = layout.row_sums(problem, Mf, H)
         if reg:  # the positive root of 2·N·reg·w² + b·w − W·a = 0
             a = W * num
             return jnp.maximum(eps, 2 * a / (den + jnp.sqrt(den**2 + 8 * Nreg * a)))

@@ -28,6 +28,24 @@ generalized KL divergence of :func:`lrfactor.losses.kl_divergence`). Each is a
 majorise–minimise step on a separable auxiliary function; the floor projects
 each 1-D minimiser onto [ε, ∞), which still lowers the auxiliary function.
 
+**The factor penalty** reg·(ΣW² + ΣH²) (``reg``) keeps both exact. HALS: the
+1-D quadratic gains reg·w², and its minimiser over [ε, ∞) is
+
+    w_k ← max(ε, (E h_k + w_k ∘ M (h_k ∘ h_k)) ⊘ (M (h_k ∘ h_k) + N·reg))      (N = |Ω|)
+
+MU: the penalty's curvature is added to the majoriser. Frobenius (its
+quadratic majoriser with the diagonal [(M∘W Hᵀ) H + N·reg·W] ⊘ W):
+
+    W ← max(ε, W ∘ [(M∘V) H] ⊘ [(M∘W Hᵀ) H + N·reg·W])
+
+KL (Lee–Seung's separable majoriser plus N·reg·w², a quadratic in each w
+whose positive root is taken):
+
+    W ← max(ε, 2 W ∘ a ⊘ (b + sqrt(b² + 8 N·reg·W ∘ a))),   a = (M∘V⊘W Hᵀ) H,  b = M H
+
+each the exact minimiser of a majoriser, so the objective still never
+increases.
+
 **Per-entry weights** Q (lrfactor/layout.py) replace the 0/1 mask M by real
 values in every formula above: the weighted objective Σ Q·φ / Σ Q is the
 masked objective with the mask Q, and each derivation goes through with a

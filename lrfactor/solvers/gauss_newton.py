@@ -425,6 +425,8 @@ class RestartState(NamedTuple):
     F_mark: jax.Array  # () the run's objective at the start of the stall window
     since_mark: jax.Array  # () int32: steps since the window started
     done: jax.Array  # () bool
+    best_grad_inf: jax.Array  # () max|∇F| at ``params`` (NaN until a step from that point has computed it)
+    best_lam: jax.Array  # () the damping λ of the run at ``params``, the last step it was there
 
 
 # Restart k (1, 2, ...) runs from a fresh draw of the blind initialisation
@@ -480,10 +482,14 @@ def with_restarts(solver: Solver, init_state, step, restarts: int, window: int, 
         starts = jax.tree.map(lambda *x: jnp.stack(x), *runs)
         zero = jnp.asarray(0, jnp.int32)
         return RestartState(first.params, first.F, first, starts, zero, zero, zero, first.F, zero,
-                            jnp.asarray(False))
+                            jnp.asarray(False), jnp.full_like(first.F, jnp.nan), first.lam)
 
     def restart_step(state: RestartState, problem) -> RestartState:
         run = step(state.run, problem)
+        # A step computes the gradient at the point it starts from: when that
+        # point is the best one, this is the best point's gradient.
+        from_best = state.run.F <= state.F
+        best_grad = jnp.where(from_best, run.grad_inf, state.best_grad_inf)
         since = state.since_mark + 1
         at_mark = since >= window
         stalled = at_mark & (state.F_mark - run.F <= rtol * state.F_mark) & ~run.done
@@ -491,6 +497,8 @@ def with_restarts(solver: Solver, init_state, step, restarts: int, window: int, 
         params = jax.tree.map(lambda a, b: jnp.where(better, a, b), run.params, state.params)
         F = jnp.where(better, run.F, state.F)
         best_run = jnp.where(better, state.restart, state.best_run)
+        best_grad = jnp.where(better, jnp.nan, best_grad)
+        best_lam = jnp.where(run.F <= F, run.lam, state.best_lam)  # the run still at the best point
         at_best = run.F <= F * (1 + rtol)
         more = state.restart < restarts
         again = more & (stalled | (run.done & ~at_best))
@@ -502,9 +510,11 @@ def with_restarts(solver: Solver, init_state, step, restarts: int, window: int, 
         since = jnp.where(new_window, 0, since)
         done = run.done & ~again
         return RestartState(params, F, new_run, state.starts, state.restart + again.astype(jnp.int32), best_run,
-                            state.stalls + (stalled & more).astype(jnp.int32), F_mark, since, done)
+                            state.stalls + (stalled & more).astype(jnp.int32), F_mark, since, done, best_grad,
+                            best_lam)
 
     extras = tuple((name, (lambda fn: lambda s: fn(s.run))(fn)) for name, fn in solver.extras)
     extras += (("restart", lambda s: s.restart), ("best_run", lambda s: s.best_run),
-               ("stalls", lambda s: s.stalls), ("run_F", lambda s: s.run.F))
+               ("stalls", lambda s: s.stalls), ("run_F", lambda s: s.run.F),
+               ("best_grad_inf", lambda s: s.best_grad_inf), ("best_lam", lambda s: s.best_lam))
     return solver._replace(init=init, step=restart_step, extras=extras)

@@ -546,6 +546,20 @@ def test_a_run_converged_at_the_best_value_ends_the_seed_without_restarts():
     assert float(s.F) == 2.0 and int(s.run.n_accepted) == 8
 
 
+def test_a_stall_at_a_value_an_earlier_run_reached_ends_the_seed():
+    # run 0 stalls at 2; restart 1 stalls at 2 again (within rtol): the best value seen twice ends the seed
+    s = _drive(_scripted_runs([(2.0, 8, 0), (2.0 * (1 + 1e-4), 8, 0), (1.0, 8, 1)]), 100)
+    assert bool(s.done) and int(s.restart) == 1 and int(s.best_run) == 0 and float(s.F) == 2.0
+    assert int(s.stalls) == 2
+    # a stall at a better value (1.5) or a worse one (3) is not a repeat: the next restart runs
+    for second in (1.5, 3.0):
+        s = _drive(_scripted_runs([(2.0, 8, 0), (second, 8, 0), (1.0, 8, 1)]), 100)
+        assert bool(s.done) and int(s.restart) == 2 and int(s.best_run) == 2 and float(s.F) == 1.0
+    # the first run's stall is never a repeat; after the last restart a repeated stall still ends the seed
+    s = _drive(_scripted_runs([(2.0, 8, 0), (2.0, 8, 0)]), 100)
+    assert bool(s.done) and int(s.restart) == 1 and float(s.F) == 2.0
+
+
 def test_a_stall_restarts_and_a_worse_converged_restart_restarts_again():
     # run 0 stalls at 2; restart 1 converges above it (3); restart 2 converges at 1: best
     s = _drive(_scripted_runs([(2.0, 8, 0), (3.0, 8, 1), (1.0, 8, 1)]), 100)

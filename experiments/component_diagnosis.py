@@ -57,6 +57,13 @@ def at_boundary(X):
     return int(np.sum(ratio < BOUNDARY)), float(ratio.min())
 
 
+def best_state(fin, k) -> str:
+    """max|g| and λ at the returned point, from runs that record them (older runs: "not recorded")."""
+    if "best_grad_inf" not in fin:
+        return "not recorded"
+    return f"max|g| {float(fin['best_grad_inf'][k]):.3g}, λ {float(fin['best_lam'][k]):.3g}"
+
+
 def svals(E, k):
     return np.linalg.svd(E, compute_uv=False)[:k]
 
@@ -120,7 +127,8 @@ def report(folder: str, trace: bool = False) -> str:
         out += [f"### seed {s}: final train MSE {float(fin['train_mse'][k]):.3g} = "
                 f"{float(fin['train_mse'][k]) / oracle:.3g}× the oracle's ({oracle:.3g}); steps {fin['steps'][k]}, "
                 f"done {fin['done'][k]}, restart {fin.get('restart', [None] * len(seeds))[k]}, best run "
-                f"{fin.get('best_run', [None] * len(seeds))[k]}, max|g| {float(fin['grad_inf'][k]):.3g}, λ {lam:.3g}; "
+                f"{fin.get('best_run', [None] * len(seeds))[k]}, max|g| {float(fin['grad_inf'][k]):.3g}, λ {lam:.3g} "
+                f"(at the best point: {best_state(fin, k)}); "
                 "entries at the boundary: {} of W's {} (least entry / its column's largest {:.2g}), "
                 "{} of H's {} ({:.2g})".format(at_boundary(W)[0], W.size, at_boundary(W)[1], at_boundary(H)[0], H.size,
                                                at_boundary(H)[1]),

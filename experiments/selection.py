@@ -3,6 +3,7 @@
     python experiments/selection.py make                 # the data files (results/selection/data, not committed)
     python experiments/selection.py run [--stop-after S] # per file: --cv, the rank-8 defaults, surprise
     python experiments/selection.py table                # results/selection/noise.md and noise.json
+    python experiments/selection.py bound                # every CV setting refitted and scored on the held-out entries
 
 The question's recipe (1000 × 100, true rank 12, decay 2, half the entries
 observed, the other half held out), one draw per ``--draws`` seed, with
@@ -25,6 +26,15 @@ fits, all on the training entries only, scored on the held-out ones:
   split (its SVD and NMF with 8 factors, defaults and a small regularisation
   grid); the best held-out MSE over every surprise setting is reported, a
   bound that favours surprise.
+
+``bound`` refits every setting of a file's cross-validation grid on all its
+training entries (``--cv-seeds`` seeds each, the run's defaults otherwise) and
+scores each on the held-out entries: the lowest is the best any choice among
+those settings could have made (it looks at the held-out entries, so it is a
+yardstick for the selection, never a selection). It tells a miss of the
+selection (the best setting was in the grid and CV did not pick it) from a
+miss of the grid (no setting in it reaches the target). Saved per file as
+``runs/KIND-DRAW/bound.json``.
 
 Each run is its own process in ``results/selection/runs/KIND-DRAW/NAME``; a run
 whose ``summary.json`` exists is skipped, so ``run`` resumes after an
@@ -118,6 +128,33 @@ def cmd_run(args):
                 print(f"{kind}-{seed} {name}: exit {rc} in {time.time() - t:.0f} s")
 
 
+def cmd_bound(args):
+    from lrfactor import api
+
+    t0 = time.time()
+    for seed in range(args.draws):
+        for kind in args.kinds:
+            folder = os.path.join(args.root, "runs", f"{kind}-{seed}")
+            out, cvj = os.path.join(folder, "bound.json"), os.path.join(folder, "cv", "cv.json")
+            if os.path.exists(out) or not os.path.exists(cvj):
+                continue
+            if args.stop_after and time.time() - t0 > args.stop_after:
+                print("stop-after reached; run again to continue")
+                return
+            fits = []
+            for setting in _load(cvj)["settings"]:
+                t = time.time()
+                f = api.fit(data=data_path(args.root, kind, seed), solver="gauss_newton", seeds=args.cv_seeds,
+                            **setting)
+                k = f.best
+                fits.append({"setting": setting, "val_mse": f.summary["final"]["val_mse"][k],
+                             "train_mse": f.summary["final"]["train_mse"][k], "wall_s": time.time() - t})
+                print(f"{kind}-{seed} {setting}: held-out {fits[-1]['val_mse']:.4g}", flush=True)
+            best = min(range(len(fits)), key=lambda i: fits[i]["val_mse"])
+            with open(out, "w") as fh:
+                json.dump({"fits": fits, "best": best, "seeds": args.cv_seeds}, fh, indent=1)
+
+
 def _load(path):
     with open(path) as fh:
         return json.load(fh)
@@ -164,6 +201,11 @@ def cmd_table(args):
                 fits = _load(sp)["surprise"].values()
                 row["surprise_best_val_mse"] = min(
                     [f["default"]["val_mse"] for f in fits] + [g["val_mse"] for f in fits for g in f["grid"].values()])
+            bd = os.path.join(folder, "bound.json")
+            if os.path.exists(bd):
+                b = _load(bd)
+                row["grid_best_val_mse"] = b["fits"][b["best"]]["val_mse"]
+                row["grid_best_setting"] = b["fits"][b["best"]]["setting"]
             rows.append(row)
     with open(os.path.join(args.root, "noise.json"), "w") as fh:
         json.dump(rows, fh, indent=1)
@@ -173,18 +215,20 @@ def cmd_table(args):
         return f"{v / t:.3g}" if v is not None and t else "–"
 
     lines = ["| noise | draw | truth held-out MSE | CV choice | CV / truth | CV / rank-8 oracle | rank-8 defaults / truth "
-             "| surprise best / truth | CV s | default penalties |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| surprise best / truth | CV s | default penalties | best in the grid / truth (setting) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         choice = r.get("cv_choice")
         ch = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in choice.items()) \
             if isinstance(choice, dict) else "–"
         t = r.get("truth_val_mse")
         wall = f"{r['cv_wall_s']:.0f}" if "cv_wall_s" in r else "–"
+        g = r.get("grid_best_setting")
+        grid = (f"{ratio(r, 'grid_best_val_mse')} (rank {g['rank']}, {g['loss']}, reg {g['reg']:.2g})" if g else "–")
         lines.append(f"| {r['kind']} | {r['draw']} | {t:.4g} | {ch} | {ratio(r, 'cv_val_mse')} | "
                      f"{ratio(r, 'cv_val_mse', 'oracle8_val_mse')} | {ratio(r, 'default_val_mse')} | "
-                     f"{ratio(r, 'surprise_best_val_mse')} | {wall} | {r.get('cv_penalties', '–')} |" if t is not None else
-                     f"| {r['kind']} | {r['draw']} | – | – | – | – | – | – | – | – |")
+                     f"{ratio(r, 'surprise_best_val_mse')} | {wall} | {r.get('cv_penalties', '–')} | {grid} |"
+                     if t is not None else f"| {r['kind']} | {r['draw']} | – | – | – | – | – | – | – | – | – |")
     lines += ["", summary_table(rows)]
     text = "\n".join(lines)
     with open(os.path.join(args.root, "noise.md"), "w") as fh:
@@ -218,22 +262,23 @@ def summary_table(rows) -> str:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for name in ("make", "run", "table"):
+    for name in ("make", "run", "table", "bound"):
         p = sub.add_parser(name)
         p.add_argument("--root", default=ROOT)
         p.add_argument("--kinds", default=",".join(KINDS), type=lambda s: s.split(","))
         p.add_argument("--draws", type=int, default=4)
+        if name in ("run", "bound"):
+            p.add_argument("--cv-seeds", type=int, default=1, help="seeds per (fold, setting) and for the refit")
+            p.add_argument("--stop-after", type=float, default=0.0)
         if name == "run":
             p.add_argument("--folds", type=int, default=5)
-            p.add_argument("--cv-seeds", type=int, default=1, help="seeds per (fold, setting) and for the refit")
             p.add_argument("--fits", default="cv,default,surprise", type=lambda s: s.split(","))
-            p.add_argument("--stop-after", type=float, default=0.0)
     args = ap.parse_args(argv)
     bad = [k for k in args.kinds if k not in KINDS]
     if bad:
         print(f"error: unknown noise kind {bad[0]!r}; known: {', '.join(KINDS)}", file=sys.stderr)
         return 2
-    {"make": cmd_make, "run": cmd_run, "table": cmd_table}[args.cmd](args)
+    {"make": cmd_make, "run": cmd_run, "table": cmd_table, "bound": cmd_bound}[args.cmd](args)
     return 0
 
 

@@ -367,6 +367,32 @@ def test_restarts_follow_the_first_run_then_keep_the_best():
     assert float(b.F) <= float(a.F)  # never worse than the first run where it restarted
 
 
+def test_restarts_record_the_gradient_and_damping_at_the_best_point():
+    # best_grad_inf is max|∇F| at the returned point (not at the run in progress), once a step from that
+    # point has computed it; best_lam the λ the run had there. Checked against autodiff of F, float64.
+    problem, _ = small_problem(seed=4, n=30, m=12, true_rank=4)
+    rs = gn.make_gauss_newton(rank=3, init="keras", ftol=1e-6, schur_precision="full", backtrack=False,
+                              restarts=2, stall_window=5, stall_rtol=1e-3)
+    b = rs.init(rs.init_params(jax.random.PRNGKey(0), problem), problem, None)
+    step = jax.jit(rs.step)
+    grad = jax.jit(jax.grad(lambda p: gn.scaled_objective(p, problem, "frobenius", 0.0)))
+    checked = lam_checked = 0
+    for _ in range(300):
+        b = step(b, problem)
+        if np.isfinite(float(b.best_grad_inf)):
+            g = grad(b.params)
+            want = max(float(jnp.max(jnp.abs(g.A))), float(jnp.max(jnp.abs(g.B))))
+            np.testing.assert_allclose(float(b.best_grad_inf), want, rtol=1e-8)
+            checked += 1
+        if float(b.run.F) == float(b.F):  # the run sits at the best point
+            assert float(b.best_lam) == float(b.run.lam)
+            lam_checked += 1
+        if bool(b.done):
+            break
+    assert int(b.restart) >= 1  # a restart happened, so the run in progress is not the best point's run
+    assert checked >= 10 and lam_checked >= 10, (checked, lam_checked)
+
+
 # ----------------------------------------------------------------------------- stopping tests
 
 
@@ -518,6 +544,20 @@ def test_a_run_converged_at_the_best_value_ends_the_seed_without_restarts():
     s = _drive(_scripted_runs([(2.0, 8, 1), (1.0, 8, 1), (1.0, 8, 1)]), 100)
     assert bool(s.done) and int(s.restart) == 0 and int(s.best_run) == 0 and int(s.stalls) == 0
     assert float(s.F) == 2.0 and int(s.run.n_accepted) == 8
+
+
+def test_a_stall_at_a_value_an_earlier_run_reached_ends_the_seed():
+    # run 0 stalls at 2; restart 1 stalls at 2 again (within rtol): the best value seen twice ends the seed
+    s = _drive(_scripted_runs([(2.0, 8, 0), (2.0 * (1 + 1e-4), 8, 0), (1.0, 8, 1)]), 100)
+    assert bool(s.done) and int(s.restart) == 1 and int(s.best_run) == 0 and float(s.F) == 2.0
+    assert int(s.stalls) == 2
+    # a stall at a better value (1.5) or a worse one (3) is not a repeat: the next restart runs
+    for second in (1.5, 3.0):
+        s = _drive(_scripted_runs([(2.0, 8, 0), (second, 8, 0), (1.0, 8, 1)]), 100)
+        assert bool(s.done) and int(s.restart) == 2 and int(s.best_run) == 2 and float(s.F) == 1.0
+    # the first run's stall is never a repeat; after the last restart a repeated stall still ends the seed
+    s = _drive(_scripted_runs([(2.0, 8, 0), (2.0, 8, 0)]), 100)
+    assert bool(s.done) and int(s.restart) == 1 and float(s.F) == 2.0
 
 
 def test_a_stall_restarts_and_a_worse_converged_restart_restarts_again():

@@ -429,6 +429,9 @@ class RestartState(NamedTuple):
     F_mark: jax.Array  # () the run's objective at the start of the stall window
     since_mark: jax.Array  # () int32: steps since the window started
     done: jax.Array  # () bool
+    best_grad_inf: jax.Array  # () max|∇F| at ``params`` (NaN until a step from that point has computed it)
+    best_lam: jax.Array  # () the damping λ of the run at ``params``, the last step it was there
+    F_before: jax.Array  # () the best objective of the runs before the one in progress (inf during the first)
 
 
 # Restart k (1, 2, ...) runs from a fresh draw of the blind initialisation
@@ -455,12 +458,18 @@ def with_restarts(solver: Solver, init_state, step, restarts: int, window: int, 
     - a converged run whose objective is within ``rtol`` of the best any run
       reached (for the first run: itself) ends the seed; restarting would most
       likely only find that point again;
-    - a stall, or convergence above the best value, starts the next run from
-      a fresh draw of the blind start (``solver.init_params`` with the seed's
-      key folded with ``RESTART_KEY + k``), while any of the ``restarts``
-      remain;
+    - a stall within ``rtol`` of the best value an earlier run reached ends
+      the seed too: that value has now been found twice, from two blind
+      starts (Hong & Fitzgibbon's rule of restarting until the best value
+      is seen twice); a seed whose runs all crawl to the same value stops
+      paying for restarts that do not improve it;
+    - any other stall, or convergence above the best value, starts the next
+      run from a fresh draw of the blind start (``solver.init_params`` with
+      the seed's key folded with ``RESTART_KEY + k``), while any of the
+      ``restarts`` remain;
     - after the last restart the run continues to its own stopping tests (a
-      stall no longer ends it) or to the step budget.
+      stall no longer ends it, unless at a value seen before) or to the step
+      budget.
 
     Every run's initial state is built once, at ``init``. The state's
     ``params`` is always the best point any run has reached, so the recorded
@@ -484,10 +493,15 @@ def with_restarts(solver: Solver, init_state, step, restarts: int, window: int, 
         starts = jax.tree.map(lambda *x: jnp.stack(x), *runs)
         zero = jnp.asarray(0, jnp.int32)
         return RestartState(first.params, first.F, first, starts, zero, zero, zero, first.F, zero,
-                            jnp.asarray(False))
+                            jnp.asarray(False), jnp.full_like(first.F, jnp.nan), first.lam,
+                            jnp.full_like(first.F, jnp.inf))
 
     def restart_step(state: RestartState, problem) -> RestartState:
         run = step(state.run, problem)
+        # A step computes the gradient at the point it starts from: when that
+        # point is the best one, this is the best point's gradient.
+        from_best = state.run.F <= state.F
+        best_grad = jnp.where(from_best, run.grad_inf, state.best_grad_inf)
         since = state.since_mark + 1
         at_mark = since >= window
         stalled = at_mark & (state.F_mark - run.F <= rtol * state.F_mark) & ~run.done
@@ -495,20 +509,27 @@ def with_restarts(solver: Solver, init_state, step, restarts: int, window: int, 
         params = jax.tree.map(lambda a, b: jnp.where(better, a, b), run.params, state.params)
         F = jnp.where(better, run.F, state.F)
         best_run = jnp.where(better, state.restart, state.best_run)
+        best_grad = jnp.where(better, jnp.nan, best_grad)
+        best_lam = jnp.where(run.F <= F, run.lam, state.best_lam)  # the run still at the best point
         at_best = run.F <= F * (1 + rtol)
+        # a stall at the value an earlier run reached: the best value seen twice
+        seen = stalled & jnp.isfinite(state.F_before) & (jnp.abs(run.F - state.F_before) <= rtol * state.F_before)
         more = state.restart < restarts
-        again = more & (stalled | (run.done & ~at_best))
+        again = more & ((stalled & ~seen) | (run.done & ~at_best))
         nxt = jnp.minimum(state.restart + 1, restarts)
         fresh = jax.tree.map(lambda x: x[nxt], state.starts)
         new_run = jax.tree.map(lambda a, b: jnp.where(again, a, b), fresh, run)
         new_window = at_mark | again
         F_mark = jnp.where(new_window, new_run.F, state.F_mark)
         since = jnp.where(new_window, 0, since)
-        done = run.done & ~again
+        done = (run.done & ~again) | seen
+        F_before = jnp.where(again, F, state.F_before)
         return RestartState(params, F, new_run, state.starts, state.restart + again.astype(jnp.int32), best_run,
-                            state.stalls + (stalled & more).astype(jnp.int32), F_mark, since, done)
+                            state.stalls + (stalled & more).astype(jnp.int32), F_mark, since, done, best_grad,
+                            best_lam, F_before)
 
     extras = tuple((name, (lambda fn: lambda s: fn(s.run))(fn)) for name, fn in solver.extras)
     extras += (("restart", lambda s: s.restart), ("best_run", lambda s: s.best_run),
-               ("stalls", lambda s: s.stalls), ("run_F", lambda s: s.run.F))
+               ("stalls", lambda s: s.stalls), ("run_F", lambda s: s.run.F),
+               ("best_grad_inf", lambda s: s.best_grad_inf), ("best_lam", lambda s: s.best_lam))
     return solver._replace(init=init, step=restart_step, extras=extras)

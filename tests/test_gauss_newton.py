@@ -368,29 +368,37 @@ def test_restarts_follow_the_first_run_then_keep_the_best():
 
 
 def test_restarts_record_the_gradient_and_damping_at_the_best_point():
-    # best_grad_inf is max|∇F| at the returned point (not at the run in progress), once a step from that
-    # point has computed it; best_lam the λ the run had there. Checked against autodiff of F, float64.
+    # best_grad_inf is max|∇F| at the returned point (not at the run in progress) once a step from that point
+    # has computed it, and at the point the step to it started from until then; best_lam the λ the run had
+    # there. Checked against autodiff of F, float64.
     problem, _ = small_problem(seed=4, n=30, m=12, true_rank=4)
     rs = gn.make_gauss_newton(rank=3, init="keras", ftol=1e-6, schur_precision="full", backtrack=False,
                               restarts=2, stall_window=5, stall_rtol=1e-3)
     b = rs.init(rs.init_params(jax.random.PRNGKey(0), problem), problem, None)
     step = jax.jit(rs.step)
     grad = jax.jit(jax.grad(lambda p: gn.scaled_objective(p, problem, "frobenius", 0.0)))
-    checked = lam_checked = 0
+
+    def g_inf(p):
+        g = grad(p)
+        return max(float(jnp.max(jnp.abs(g.A))), float(jnp.max(jnp.abs(g.B))))
+
+    at_best = new_best = lam_checked = 0
     for _ in range(300):
-        b = step(b, problem)
-        if np.isfinite(float(b.best_grad_inf)):
-            g = grad(b.params)
-            want = max(float(jnp.max(jnp.abs(g.A))), float(jnp.max(jnp.abs(g.B))))
-            np.testing.assert_allclose(float(b.best_grad_inf), want, rtol=1e-8)
-            checked += 1
+        prev, b = b, step(b, problem)
+        if float(b.F) < float(prev.F):  # a new best point: the gradient where its step started
+            np.testing.assert_allclose(float(b.best_grad_inf), g_inf(prev.run.params), rtol=1e-8)
+            new_best += 1
+        elif float(prev.run.F) <= float(prev.F):  # the step started from the best point: its own gradient
+            np.testing.assert_allclose(float(b.best_grad_inf), g_inf(b.params), rtol=1e-8)
+            at_best += 1
         if float(b.run.F) == float(b.F):  # the run sits at the best point
             assert float(b.best_lam) == float(b.run.lam)
             lam_checked += 1
         if bool(b.done):
             break
     assert int(b.restart) >= 1  # a restart happened, so the run in progress is not the best point's run
-    assert checked >= 10 and lam_checked >= 10, (checked, lam_checked)
+    assert np.isfinite(float(b.best_grad_inf))
+    assert new_best >= 10 and at_best >= 5 and lam_checked >= 10, (new_best, at_best, lam_checked)
 
 
 # ----------------------------------------------------------------------------- stopping tests

@@ -429,7 +429,7 @@ class RestartState(NamedTuple):
     F_mark: jax.Array  # () the run's objective at the start of the stall window
     since_mark: jax.Array  # () int32: steps since the window started
     done: jax.Array  # () bool
-    best_grad_inf: jax.Array  # () max|∇F| at ``params`` (NaN until a step from that point has computed it)
+    best_grad_inf: jax.Array  # () max|∇F| at ``params`` (at the point the step to it started from, until a step from it)
     best_lam: jax.Array  # () the damping λ of the run at ``params``, the last step it was there
     F_before: jax.Array  # () the best objective of the runs before the one in progress (inf during the first)
 
@@ -509,7 +509,10 @@ def with_restarts(solver: Solver, init_state, step, restarts: int, window: int, 
         params = jax.tree.map(lambda a, b: jnp.where(better, a, b), run.params, state.params)
         F = jnp.where(better, run.F, state.F)
         best_run = jnp.where(better, state.restart, state.best_run)
-        best_grad = jnp.where(better, jnp.nan, best_grad)
+        # A new best point's own gradient comes with the next step from it; until
+        # then (and for good, when that step never comes because the seed ended
+        # there) the gradient where the step started stands in for it.
+        best_grad = jnp.where(better, run.grad_inf, best_grad)
         best_lam = jnp.where(run.F <= F, run.lam, state.best_lam)  # the run still at the best point
         at_best = run.F <= F * (1 + rtol)
         # a stall at the value an earlier run reached: the best value seen twice

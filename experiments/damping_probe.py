@@ -17,7 +17,6 @@ fails there (ρ far from 1, or an increase: the valley curves away).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 
@@ -46,24 +45,22 @@ def main(argv=None) -> int:
     import jax.numpy as jnp
 
     from lrfactor import layout
-    from lrfactor.config import FIELDS, RunConfig
-    from lrfactor.experiment import prepare
+    from lrfactor.config import ConfigError
+    from lrfactor.experiment import load_config, prepare
     from lrfactor.factors import Factors
-    from lrfactor.results import load_run
+    from lrfactor.results import load_run, pick_seeds
     from lrfactor.solvers import blocks as bk
     from lrfactor.solvers.gauss_newton import make_gauss_newton
 
     run = load_run(args.run)
-    cfg = dataclasses.replace(RunConfig(), **{k: v for k, v in run["config"]["config"].items() if k in FIELDS})
+    try:
+        cfg = load_config(args.run)
+        want = pick_seeds(run, args.seeds)
+    except (ConfigError, ValueError) as e:
+        p.error(str(e))
     if cfg.solver != "gauss_newton" or cfg.data is not None or cfg.loss != "frobenius":
         p.error(f"{args.run}: not a gauss_newton run on the synthetic problem with the frobenius loss")
     seeds = list(run["summary"]["seeds"])
-    try:
-        want = seeds if args.seeds is None else [int(s) for s in args.seeds.split(",")]
-    except ValueError:
-        p.error(f"--seeds {args.seeds}: not a comma-separated list of integers")
-    if not set(want) <= set(seeds):
-        p.error(f"--seeds {args.seeds}: the run holds seeds {seeds}")
     prep = prepare(cfg, seeds=want)
     fac = np.load(os.path.join(args.run, "factors.npz"))
     solver = make_gauss_newton(rank=cfg.rank, restarts=0, backtrack=False,

@@ -144,22 +144,20 @@ def main(argv=None) -> int:
     jax.config.update("jax_enable_x64", True)
     import jax.numpy as jnp
 
-    from lrfactor.config import FIELDS, RunConfig
-    from lrfactor.experiment import prepare, truth_start
-    from lrfactor.results import load_run
+    from lrfactor.config import ConfigError
+    from lrfactor.experiment import load_config, prepare, truth_start
+    from lrfactor.results import load_run, pick_seeds
     from lrfactor.solvers.gauss_newton import make_gauss_newton
 
     run = load_run(args.run)
-    cfg = dataclasses.replace(RunConfig(), **{k: v for k, v in run["config"]["config"].items() if k in FIELDS})
+    try:
+        cfg = load_config(args.run)
+        want = pick_seeds(run, args.seeds)
+    except (ConfigError, ValueError) as e:
+        p.error(str(e))
     if cfg.data is not None or cfg.loss != "frobenius" or cfg.reg or cfg.l2:
         p.error(f"{args.run}: not a run on the synthetic problem with the frobenius loss and no penalty")
     seeds = list(run["summary"]["seeds"])
-    try:
-        want = seeds if args.seeds is None else [int(s) for s in args.seeds.split(",")]
-    except ValueError:
-        p.error(f"--seeds {args.seeds}: not a comma-separated list of integers")
-    if not set(want) <= set(seeds):
-        p.error(f"--seeds {args.seeds}: the run holds seeds {seeds}")
     prep = prepare(dataclasses.replace(cfg, layout="dense", precision=64), seeds=want)
     fac = np.load(os.path.join(args.run, "factors.npz"))
     polish = make_gauss_newton(loss="frobenius", rank=cfg.rank, lambda0=1e-6, ftol=1e-10, gtol=1e-12, xtol=1e-10,

@@ -107,6 +107,22 @@ def environment() -> dict:
     }
 
 
+def pick_seeds(run: dict, spec) -> list:
+    """The seeds of a loaded run named by ``spec``, a comma-separated string (None: all of them).
+
+    Raises ValueError with a one-line message for a malformed list or a seed the run does not hold."""
+    seeds = list(run["summary"]["seeds"])
+    if spec is None:
+        return seeds
+    try:
+        want = [int(s) for s in spec.split(",")]
+    except ValueError:
+        raise ValueError(f"--seeds {spec}: not a comma-separated list of integers") from None
+    if not set(want) <= set(seeds):
+        raise ValueError(f"--seeds {spec}: the run holds seeds {seeds}")
+    return want
+
+
 def load_run(folder: str) -> dict:
     """Everything a saved run holds (missing optional files are absent from the dict)."""
     run = {"config": read_json(os.path.join(folder, "config.json"))}

@@ -396,7 +396,7 @@ def _table_from_columns(path, cols, where, val_fraction, split_seed, loss, solve
     _check_duplicates(path, rows, cols_, shape, row_ids, col_ids, at)
     if is_val is None:
         is_val = random_split(vals.size, val_fraction, split_seed)
-    _check_coverage(path, rows, cols_, is_val, shape, row_ids, col_ids)
+    _check_coverage(path, rows, cols_, ~np.asarray(is_val, bool), shape, row_ids, col_ids)
     is_val = np.asarray(is_val, bool)
     if weights is not None:
         check_weights(path, weights, is_val, rows, cols_, shape, row_ids, col_ids, at, names["weight"])
@@ -456,14 +456,14 @@ def _check_duplicates(path, rows, cols, shape, row_ids, col_ids, where):
                            f"{_show(col_ids[cols[k]])}) at {where(j)} and {where(k)}")
 
 
-def _check_coverage(path, rows, cols, is_val, shape, row_ids, col_ids):
-    """Every row and every column needs a training entry, else its factor is undetermined."""
-    train = ~is_val
+def _check_coverage(path, rows, cols, fitted, shape, row_ids, col_ids, kind: str = ""):
+    """Every row and every column needs an entry among ``fitted`` (the training entries, or those of
+    positive weight: ``kind`` says which in the message), else its factor is undetermined."""
     for what, idx, ids, size in (("row", rows, row_ids, shape[0]), ("column", cols, col_ids, shape[1])):
-        count = np.bincount(idx[train], minlength=size)
+        count = np.bincount(idx[fitted], minlength=size)
         if (count == 0).any():
             empty = np.flatnonzero(count == 0)
-            raise ProblemError(f"{path}: {what} {_show(ids[empty[0]])} has no training entry "
+            raise ProblemError(f"{path}: {what} {_show(ids[empty[0]])} has no training entry{kind} "
                                f"({empty.size} {what}s without one)")
 
 
@@ -493,13 +493,7 @@ def check_weights(path, weights, is_val, rows, cols, shape, row_ids, col_ids, wh
         k = int(np.argmax(held))
         raise ProblemError(f"{path}: missing weight in {name!r} at {where(k)}, a held-out entry, while other "
                            f"held-out entries have one; give every held-out entry a weight or none")
-    positive = train & (weights > 0)
-    for what, idx, ids, size in (("row", rows, row_ids, shape[0]), ("column", cols, col_ids, shape[1])):
-        count = np.bincount(idx[positive], minlength=size)
-        if (count == 0).any():
-            empty = np.flatnonzero(count == 0)
-            raise ProblemError(f"{path}: {what} {_show(ids[empty[0]])} has no training entry of positive weight "
-                               f"({empty.size} {what}s without one)")
+    _check_coverage(path, rows, cols, train & (weights > 0), shape, row_ids, col_ids, " of positive weight")
 
 
 def _show(x) -> str:
@@ -577,7 +571,7 @@ def _read_npz(path, loss, solver=None) -> Table:
     where = lambda k: f"entry {int(line[k])}"  # noqa: E731
     _check_values(path, vals, where, loss, solver)
     _check_duplicates(path, rows, cols, (n, m), row_ids, col_ids, where)
-    _check_coverage(path, rows, cols, is_val, (n, m), row_ids, col_ids)
+    _check_coverage(path, rows, cols, ~is_val, (n, m), row_ids, col_ids)
     weights = None
     if "weights" in data:
         weights = data["weights"].astype(np.float64)[line]

@@ -143,7 +143,7 @@ def shuffled_batches(key, problem, n_batches: int, batch_size: int, fitted=None)
 def fitted_entries(problem, inner=None):
     """The entries the minibatches draw from: the training entries of positive weight (every
     training entry without weights), less the inner split ``inner`` when there is one."""
-    fit = layout.weights(problem) > 0 if layout.has_weights(problem) else layout.mask(problem)
+    fit = layout.weights(problem) > 0  # the mask itself without weights
     return fit if inner is None else fit & ~inner
 
 

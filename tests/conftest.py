@@ -13,8 +13,13 @@ import shutil
 import sys
 import tempfile
 
-_CACHE = tempfile.mkdtemp(prefix="lrfactor-xla-cache-")
-atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+# pytest-xdist's workers are started by the main process after it has read
+# this file, so they inherit its folder through the environment and share it.
+_CACHE = os.environ.get("LRFACTOR_TEST_XLA_CACHE")
+if not _CACHE:
+    _CACHE = tempfile.mkdtemp(prefix="lrfactor-xla-cache-")
+    os.environ["LRFACTOR_TEST_XLA_CACHE"] = _CACHE
+    atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 os.environ.update(JAX_COMPILATION_CACHE_DIR=_CACHE, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                   JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 

@@ -242,7 +242,7 @@ CV_GRID = {
 }
 
 
-# The default grid's ranks: every rank up to 6, then steps of a quarter to a
+# The default grid's ranks: every rank up to 6, then steps of a fifth to a
 # third. On noisy data the best rank is where the components still above the
 # noise end, and one rank either side of it can cost several per cent of held-out MSE
 # (results/selection), so the small ranks, which are also the cheap ones, are

@@ -37,26 +37,21 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", default=None, help="comma-separated seeds of the run (default all)")
     p.add_argument("--schur-precision", default=None, choices=("mixed", "full"), help="default: the run's")
     args = p.parse_args(argv)
-    if not os.path.exists(os.path.join(args.run, "factors.npz")):
-        p.error(f"{args.run}: no factors.npz (not a finished run folder)")
     import jax
 
     jax.config.update("jax_enable_x64", True)
     import jax.numpy as jnp
 
     from lrfactor import layout
-    from lrfactor.config import ConfigError
-    from lrfactor.experiment import load_config, prepare
+    from lrfactor.experiment import prepare
     from lrfactor.factors import Factors
-    from lrfactor.results import load_run, pick_seeds
+    from lrfactor.results import load_finished
     from lrfactor.solvers import blocks as bk
     from lrfactor.solvers.gauss_newton import make_gauss_newton
 
-    run = load_run(args.run)
     try:
-        cfg = load_config(args.run)
-        want = pick_seeds(run, args.seeds)
-    except (ConfigError, ValueError) as e:
+        run, cfg, want = load_finished(args.run, args.seeds)
+    except ValueError as e:  # ConfigError too
         p.error(str(e))
     if cfg.solver != "gauss_newton" or cfg.data is not None or cfg.loss != "frobenius":
         p.error(f"{args.run}: not a gauss_newton run on the synthetic problem with the frobenius loss")

@@ -135,8 +135,6 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", default=None, help="comma-separated seeds of the run (default all)")
     p.add_argument("--iters", type=int, default=60, help="variable-projection iterations per variant")
     args = p.parse_args(argv)
-    if not os.path.exists(os.path.join(args.run, "factors.npz")):
-        p.error(f"{args.run}: no factors.npz (not a finished run folder)")
     if args.iters < 1:
         p.error(f"--iters {args.iters}: must be >= 1")
     import jax
@@ -144,16 +142,13 @@ def main(argv=None) -> int:
     jax.config.update("jax_enable_x64", True)
     import jax.numpy as jnp
 
-    from lrfactor.config import ConfigError
-    from lrfactor.experiment import load_config, prepare, truth_start
-    from lrfactor.results import load_run, pick_seeds
+    from lrfactor.experiment import prepare, truth_start
+    from lrfactor.results import load_finished
     from lrfactor.solvers.gauss_newton import make_gauss_newton
 
-    run = load_run(args.run)
     try:
-        cfg = load_config(args.run)
-        want = pick_seeds(run, args.seeds)
-    except (ConfigError, ValueError) as e:
+        run, cfg, want = load_finished(args.run, args.seeds)
+    except ValueError as e:  # ConfigError too
         p.error(str(e))
     if cfg.data is not None or cfg.loss != "frobenius" or cfg.reg or cfg.l2:
         p.error(f"{args.run}: not a run on the synthetic problem with the frobenius loss and no penalty")

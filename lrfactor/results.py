@@ -123,6 +123,19 @@ def pick_seeds(run: dict, spec) -> list:
     return want
 
 
+def load_finished(folder: str, seeds=None):
+    """(run, config, seeds) of a finished run folder, for a script that starts from its saved factors.
+
+    ``seeds`` as for :func:`pick_seeds`. Raises ValueError (ConfigError for a
+    config that cannot be honoured) with a one-line message."""
+    from lrfactor.experiment import load_config
+
+    if not os.path.exists(os.path.join(folder, "factors.npz")):
+        raise ValueError(f"{folder}: no factors.npz (not a finished run folder)")
+    run = load_run(folder)
+    return run, load_config(folder), pick_seeds(run, seeds)
+
+
 def load_run(folder: str) -> dict:
     """Everything a saved run holds (missing optional files are absent from the dict)."""
     run = {"config": read_json(os.path.join(folder, "config.json"))}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import resource
 import time
 from typing import Any, NamedTuple, Optional
 
@@ -281,6 +282,20 @@ def build(prep: Prepared):
     return solver, carry, tracer, trace_keys
 
 
+def peak_memory() -> dict:
+    """This process's peak resident memory so far (``peak_rss_mb``; ru_maxrss is
+    in KiB on Linux) and, where the backend keeps the statistic (GPUs; not the
+    CPU), the first local device's peak allocation (``peak_device_mb``)."""
+    out = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    try:
+        stats = jax.local_devices()[0].memory_stats() or {}
+    except Exception:  # a backend without memory statistics
+        stats = {}
+    if "peak_bytes_in_use" in stats:
+        out["peak_device_mb"] = stats["peak_bytes_in_use"] / 2**20
+    return out
+
+
 def _summary(prep: Prepared, res_history, carry, refs, wall, compile_s, complete: bool, trace_s=None) -> dict:
     cfg = prep.cfg
     S = len(prep.seeds)
@@ -303,6 +318,7 @@ def _summary(prep: Prepared, res_history, carry, refs, wall, compile_s, complete
         },
         "wall_s": wall,
         "compile_s": compile_s,
+        **peak_memory(),
     }
     if trace_s is not None:
         summary["trace_s"] = trace_s  # Hessian tracing in the last process, compilation included

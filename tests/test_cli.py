@@ -174,6 +174,20 @@ def test_run_writes_contract_files(tmp_path):
     mse = ((P - V) ** 2 * tr).sum((1, 2)) / tr.sum((1, 2))
     np.testing.assert_allclose(mse, summary["final"]["train_mse"], rtol=1e-10)
     assert not os.path.exists(os.path.join(out, "checkpoint.npz"))
+    assert summary["peak_rss_mb"] >= _rss_now_mb() * 0.5  # recorded, in MiB (the run's process is this one)
+
+
+def _rss_now_mb():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+def test_peak_memory_is_in_mib_and_sees_an_allocation():
+    a = np.ones(300 * 2**20 // 8)  # 300 MiB, touched
+    peak = experiment.peak_memory()["peak_rss_mb"]
+    # ≥ 300 (MiB, not KiB or bytes); the kernel updates its high-water mark lazily, hence the 0.9
+    assert 300 <= peak <= 64 * 1024 and peak >= 0.9 * _rss_now_mb()
+    del a
 
 
 def test_exact_fit_reference_is_reported_not_divided_by(tmp_path, capsys):

@@ -16,7 +16,6 @@ fails there (ρ far from 1, or an increase: the valley curves away).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -24,15 +23,12 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import numpy as np  # noqa: E402
 
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2, no usage dump
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
+from lrfactor import cli  # noqa: E402
 
 
+@cli.one_line_errors
 def main(argv=None) -> int:
-    p = _Parser(description=__doc__.splitlines()[0])
+    p = cli.Parser(description=__doc__.splitlines()[0])
     p.add_argument("run")
     p.add_argument("--seeds", default=None, help="comma-separated seeds of the run (default all)")
     p.add_argument("--schur-precision", default=None, choices=("mixed", "full"), help="default: the run's")

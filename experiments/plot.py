@@ -8,24 +8,17 @@
 Bad input ends with exit status 2 and one line naming the problem.
 """
 
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 
-class UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2, no usage dump
-        raise UsageError(message)
+from lrfactor.cli import Parser, UsageError  # noqa: E402
 
 
 def main(argv=None) -> int:
-    p = _Parser(prog="plot.py", description="Figures from saved lrfactor runs.")
+    p = Parser(prog="plot.py", description="Figures from saved lrfactor runs.")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="saved run folders")
     p.add_argument("--out", default=None, help="write the PNGs here instead of into the run folders")
     try:

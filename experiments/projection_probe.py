@@ -33,7 +33,6 @@ an n × m × m intermediate): for the question's sizes, not for large problems.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import sys
@@ -42,11 +41,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import numpy as np  # noqa: E402
 
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2, no usage dump
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
+from lrfactor import cli  # noqa: E402
 
 
 def reduced_system(W, H, M, V, free=None):
@@ -129,8 +124,9 @@ def varpro(H, M, V, iters: int, cone: bool):
     return W, H
 
 
+@cli.one_line_errors
 def main(argv=None) -> int:
-    p = _Parser(description=__doc__.splitlines()[0])
+    p = cli.Parser(description=__doc__.splitlines()[0])
     p.add_argument("run")
     p.add_argument("--seeds", default=None, help="comma-separated seeds of the run (default all)")
     p.add_argument("--iters", type=int, default=60, help="variable-projection iterations per variant")

@@ -69,7 +69,7 @@ sys.path.insert(0, ROOT_DIR)
 
 import numpy as np  # noqa: E402
 
-from lrfactor import results  # noqa: E402
+from lrfactor import cli, results  # noqa: E402
 
 RUN_PY = os.path.join(ROOT_DIR, "experiments", "run.py")
 DEFAULT_ROOT = os.path.join("results", "success-map")
@@ -91,11 +91,6 @@ RUN_FILES = ("config.json", "summary.json", "history.npz", "factors.npz", "predi
 
 class MapError(ValueError):
     """Bad input or inconsistent saved runs; the message is one line."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2, no usage dump
-        raise MapError(message)
 
 
 # --------------------------------------------------------------------------- the plan
@@ -220,7 +215,6 @@ def run_flags(recipe: Recipe, solver: str, seeds: int, seed: int, steps: Optiona
 
 def resolved_config(flags: list):
     """The resolved run config these flags give, validated exactly as run.py validates them. Raises MapError."""
-    from lrfactor import cli
     from lrfactor import config as C
 
     try:
@@ -803,8 +797,8 @@ def score_runs(root: str, folders) -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="success_map.py", description="Success rates of every solver as the question's recipe moves.")
-    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+    p = cli.Parser(prog="success_map.py", description="Success rates of every solver as the question's recipe moves.")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=cli.Parser)
     r = sub.add_parser("run", help="run (or continue) the map, then aggregate and plot")
     r.add_argument("--root", default=DEFAULT_ROOT, help="map folder (runs/ inside)")
     r.add_argument("--solvers", default=",".join(SOLVERS), type=lambda t: [s for s in t.split(",") if s],
@@ -854,7 +848,7 @@ def main(argv=None, launcher: Callable = launch) -> int:
             return 0
         print(draw(args.root))
         return 0
-    except MapError as e:
+    except (MapError, cli.UsageError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
 

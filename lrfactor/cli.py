@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -27,9 +28,28 @@ class UsageError(Exception):
     pass
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2, no usage dump
+class Parser(argparse.ArgumentParser):
+    """The ArgumentParser of every lrfactor script: a usage error raises
+    :class:`UsageError` (the script prints one line and returns 2) instead of
+    argparse's usage dump and exit."""
+
+    def error(self, message):
         raise UsageError(message)
+
+
+def one_line_errors(main):
+    """Wrap a script's ``main(argv) -> int``: a :class:`UsageError` raised in it
+    (by :class:`Parser` or by the script) prints ``error: ...`` and returns 2."""
+
+    @functools.wraps(main)
+    def wrapped(argv=None) -> int:
+        try:
+            return main(argv)
+        except UsageError as e:
+            print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+            return 2
+
+    return wrapped
 
 
 def field_help() -> dict:
@@ -57,7 +77,7 @@ def _listed(kind, name):
 
 
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="run.py", allow_abbrev=False,
+    p = Parser(prog="run.py", allow_abbrev=False,
                 description="Fit V ≈ exp(A) exp(B)ᵀ on a mask, many seeds at once.",
                 epilog="Inputs, outputs and which settings apply to which solver: docs/contract.md. "
                        "The defaults reproduce the question's problem and Keras setup.")

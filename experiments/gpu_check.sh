@@ -17,6 +17,10 @@
 #                                         # (default 150, at most 2,000 sweeps); each stopped at its limit
 #                                         # keeps what it finished (run.py checkpoints). The run folders,
 #                                         # without factors and checkpoints, go to $dest/large.tgz.
+#                                         # Both fit with the penalty REG (default 1e-8) on the factors:
+#                                         # unpenalised, both over-fit this recipe (results/gpu); gauss_newton
+#                                         # caps PCG at CG_ITERS (default 20) iterations per step
+#                                         # (results/large/penalty).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -36,8 +40,9 @@ if [[ "$part" == large ]]; then
   fi
   mkdir -p "$dest"
   "$py" -c "import jax; print('devices:', jax.devices())"
-  common=(--layout coo --decay 2 --seeds 1 --init scaled "${size[@]}")
-  timeout "${GN_LIMIT:-300}" "$py" experiments/run.py --solver gauss_newton --linear-solver schur_pcg "${gn_steps[@]}" \
+  common=(--layout coo --decay 2 --seeds 1 --init scaled --reg "${REG:-1e-8}" "${size[@]}")
+  timeout "${GN_LIMIT:-300}" "$py" experiments/run.py --solver gauss_newton --linear-solver schur_pcg \
+    --cg-iters "${CG_ITERS:-20}" "${gn_steps[@]}" \
     "${common[@]}" --quiet --out "$dest/gn" || echo "gauss_newton: exit $? (124: stopped at GN_LIMIT)"
   timeout "${HALS_LIMIT:-150}" "$py" experiments/run.py --solver hals --steps "$hals_steps" "${common[@]}" --quiet \
     --out "$dest/hals" || echo "hals: exit $? (124: stopped at HALS_LIMIT)"

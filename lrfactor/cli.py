@@ -78,9 +78,9 @@ def _listed(kind, name):
 
 def parser() -> argparse.ArgumentParser:
     p = Parser(prog="run.py", allow_abbrev=False,
-                description="Fit V ≈ exp(A) exp(B)ᵀ on a mask, many seeds at once.",
-                epilog="Inputs, outputs and which settings apply to which solver: docs/contract.md. "
-                       "The defaults reproduce the question's problem and Keras setup.")
+               description="Fit V ≈ exp(A) exp(B)ᵀ on a mask, many seeds at once.",
+               epilog="Inputs, outputs and which settings apply to which solver: docs/contract.md. "
+                      "The defaults reproduce the question's problem and Keras setup.")
     helps = field_help()
     known = C.choices()
     for name, uses in C.USES.items():  # say which solvers read a setting

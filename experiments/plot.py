@@ -14,32 +14,25 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 
-from lrfactor.cli import Parser, UsageError  # noqa: E402
+from lrfactor.cli import Parser, UsageError, one_line_errors  # noqa: E402
 
 
+@one_line_errors
 def main(argv=None) -> int:
     p = Parser(prog="plot.py", description="Figures from saved lrfactor runs.")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="saved run folders")
     p.add_argument("--out", default=None, help="write the PNGs here instead of into the run folders")
-    try:
-        args = p.parse_args(argv)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    args = p.parse_args(argv)
 
     from lrfactor.plots import PlotError, load, plot_compare, plot_cv, plot_run, plot_success_map
-
-    def fail(message) -> int:
-        print(f"error: {message}", file=sys.stderr)
-        return 2
 
     maps = [d for d in args.runs if os.path.isfile(os.path.join(d, "map.json"))]
     try:
         if maps:  # success maps (experiments/success_map.py) are drawn from their map.json alone
             if len(maps) != len(args.runs):
-                return fail("give either success-map folders or run folders, not both")
+                raise UsageError("give either success-map folders or run folders, not both")
             if args.out and len(maps) > 1:
-                return fail("--out takes one success map at a time (each writes success_map.png)")
+                raise UsageError("--out takes one success map at a time (each writes success_map.png)")
             written = [plot_success_map(d, args.out) for d in maps]
         elif len(args.runs) == 1 and os.path.isfile(os.path.join(args.runs[0], "cv.json")) and \
                 not os.path.isfile(os.path.join(args.runs[0], "history.npz")):
@@ -54,7 +47,7 @@ def main(argv=None) -> int:
             if len(runs) > 1:
                 written.append(plot_compare(runs, args.out))
     except PlotError as e:
-        return fail(e)
+        raise UsageError(str(e)) from None
     for path in written:
         print(path)
     return 0

@@ -49,7 +49,7 @@ class RunConfig:
     l2: Optional[float] = None  # l2·(ΣA²+ΣB²) added to the train MSE; default 1e-6 for adam/sgd/mlp (the question's), 0 for gauss_newton; with --cv a comma list
     reg: float = 0.0  # reg·(ΣW²+ΣH²), a penalty on the factors themselves (not their logs), added to the training objective
     precision: Optional[int] = None  # 32 or 64; default 32 for minibatch optimizers (as Keras), 64 otherwise
-    init: str = "keras"  # initial log-factors: keras U(-0.05, 0.05) or scaled (see lrfactor.factors)
+    init: str = "keras"  # initial log-factors: keras U(-0.05, 0.05), scaled or hals (see lrfactor.factors)
     # Input data.
     data: Optional[str] = None  # .npz (dense masks or coordinate lists) or a .csv/.parquet table (docs/contract.md); default the synthetic problem
     layout: str = "auto"  # problem layout: dense masks, coo coordinate lists, or auto (by size)

@@ -64,7 +64,7 @@ def test_defaults_valid_and_resolved_defaults_valid(solver):
 
 def test_resolve_fills_per_solver_defaults():
     gn = C.resolve(RunConfig())
-    assert (gn.seeds, gn.steps, gn.precision, gn.l2, gn.backtrack, gn.lr) == (4, 3000, 64, 0.0, True, None)
+    assert (gn.seeds, gn.steps, gn.precision, gn.l2, gn.backtrack, gn.lr) == (4, 6000, 64, 0.0, True, None)
     adam = C.resolve(RunConfig(solver="adam"))
     assert (adam.seeds, adam.steps, adam.precision, adam.l2, adam.lr, adam.optimizer) == (10, 10000, 32, 1e-6, 1e-3, "adam")
     assert C.resolve(RunConfig(solver="mlp")).optimizer == "adam"

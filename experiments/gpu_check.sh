@@ -19,8 +19,9 @@
 #                                         # without factors and checkpoints, go to $dest/large.tgz.
 #                                         # Both fit with the penalty REG (default 1e-8) on the factors:
 #                                         # unpenalised, both over-fit this recipe (results/gpu); gauss_newton
-#                                         # caps PCG at CG_ITERS (default 20) iterations per step
-#                                         # (results/large/penalty).
+#                                         # caps PCG at CG_ITERS (default 20) iterations per step and
+#                                         # starts from GN_INIT (default hals: 20 HALS sweeps first, one
+#                                         # start, no restarts) (results/large/penalty).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -40,11 +41,11 @@ if [[ "$part" == large ]]; then
   fi
   mkdir -p "$dest"
   "$py" -c "import jax; print('devices:', jax.devices())"
-  common=(--layout coo --decay 2 --seeds 1 --init scaled --reg "${REG:-1e-8}" "${size[@]}")
+  common=(--layout coo --decay 2 --seeds 1 --reg "${REG:-1e-8}" "${size[@]}")
   timeout "${GN_LIMIT:-300}" "$py" experiments/run.py --solver gauss_newton --linear-solver schur_pcg \
-    --cg-iters "${CG_ITERS:-20}" "${gn_steps[@]}" \
-    "${common[@]}" --quiet --out "$dest/gn" || echo "gauss_newton: exit $? (124: stopped at GN_LIMIT)"
-  timeout "${HALS_LIMIT:-150}" "$py" experiments/run.py --solver hals --steps "$hals_steps" "${common[@]}" --quiet \
+    --cg-iters "${CG_ITERS:-20}" "${gn_steps[@]}" "${common[@]}" --init "${GN_INIT:-hals}" --restarts 0 \
+    --quiet --out "$dest/gn" || echo "gauss_newton: exit $? (124: stopped at GN_LIMIT)"
+  timeout "${HALS_LIMIT:-150}" "$py" experiments/run.py --solver hals --steps "$hals_steps" "${common[@]}" --init scaled --quiet \
     --out "$dest/hals" || echo "hals: exit $? (124: stopped at HALS_LIMIT)"
   tar czf "$dest/large.tgz" -C "$dest" --exclude 'factors.npz' --exclude 'checkpoint*' gn hals
   ls -la "$dest"

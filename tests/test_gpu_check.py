@@ -44,7 +44,9 @@ def test_gpu_check_large_dry_run(tmp_path):
         hals = json.load(tar.extractfile("hals/summary.json"))
         gn_cfg = json.load(tar.extractfile("gn/config.json"))["config"]
         hals_cfg = json.load(tar.extractfile("hals/config.json"))["config"]
-    # the penalty both fits share, and gauss_newton's PCG cap (the script's defaults)
+    # the penalty both fits share, and gauss_newton's PCG cap and start (the script's defaults)
     assert gn_cfg["reg"] == hals_cfg["reg"] == 1e-8 and gn_cfg["cg_iters"] == 20
+    # gauss_newton from the hals start, once; HALS from its own scaled start
+    assert (gn_cfg["init"], gn_cfg["restarts"], hals_cfg["init"]) == ("hals", 0, "scaled")
     assert not any(n.endswith("factors.npz") for n in names)
     assert gn["complete"] and gn["final"]["steps"][0] <= 20 and hals["final"]["steps"] == [50]

@@ -70,7 +70,7 @@ def init_factors(key: jax.Array, problem, rank: int, scheme: str = "keras") -> F
     elif scheme == "hals":
         from lrfactor.solvers.nmf import make_hals  # lazily: nmf builds on this module
 
-        hals = make_hals(rank=rank, init="scaled")
+        hals = make_hals(rank=rank)  # its own init_params is not used: the start is given
         state = hals.init(init_factors(key, problem, rank, "scaled"), problem, key)
         state = jax.lax.fori_loop(0, HALS_SWEEPS, lambda _, s: hals.step(s, problem), state)
         W = jnp.maximum(state.W, HALS_LIFT * jnp.mean(state.W, axis=0))

@@ -4,6 +4,7 @@
     python experiments/success_map.py aggregate    # map.json and map.md, from the saved runs only
     python experiments/success_map.py plot         # success_map.png, from map.json only
     python experiments/success_map.py score RUN... # other run folders against the map's best-known
+    python experiments/success_map.py combine --out DIR ROOT...  # several maps' runs as one map
 
 The recipe is the question's (1000 × 100, true rank 12, factor scales
 10**linspace(0, −2, 12), 50 % observed, model rank 8, no noise). One axis at a
@@ -481,6 +482,10 @@ def _floats(xs) -> np.ndarray:
     return np.asarray([np.nan if x is None else float(x) for x in xs], float)
 
 
+def _finite_or_none(x) -> Optional[float]:
+    return float(x) if np.isfinite(x) else None
+
+
 def _median(xs) -> Optional[float]:
     xs = np.asarray(xs, float)
     xs = xs[~np.isnan(xs)]
@@ -633,7 +638,21 @@ def aggregate_cell(cell_dir: str, solvers) -> dict:
         "mean_v2_train": _median([mean_v2[x] for x in seeds]) if seeds else _median(data["mean_v2_train"]),
         "floor": {str(x): floor[x] for x in seeds},
         "best_train_mse": {str(x): (best[x] if np.isfinite(best[x]) else None) for x in seeds},
+        "oracle_val_mse": {str(x): _finite_or_none(oracle_val.get(x, np.nan)) for x in seeds},
         "solvers": out_solvers,
+    }
+
+
+def _rule() -> dict:
+    return {
+        "best_known": "min(oracle train MSE, every solver's final train MSE on the seed)",
+        "success": f"final train MSE <= 1.01 * best_known + {FLOOR_REL:g} * mean(V^2 over training entries)",
+        "factor": 1.01,
+        "floor_rel": FLOOR_REL,
+        "ratios": "final / max(best_known, floor); held-out / max(oracle held-out, floor)",
+        "well_posed": f"mean training entries per row and per column >= {WELL_POSED}*r (model rank r)",
+        "wall_per_seed_s": "(solver wall + compile) / seeds of the batch (vmapped: amortised per seed)",
+        "median_seed_stop_s": "median over seeds of the batch wall time when the seed stopped, / seeds",
     }
 
 
@@ -649,16 +668,7 @@ def aggregate(root: str) -> dict:
     loads = [a for c in cells.values() for r in c["solvers"].values() for a in r.get("attempts", [])]
     return {
         "plan": plan,
-        "rule": {
-            "best_known": "min(oracle train MSE, every solver's final train MSE on the seed)",
-            "success": f"final train MSE <= 1.01 * best_known + {FLOOR_REL:g} * mean(V^2 over training entries)",
-            "factor": 1.01,
-            "floor_rel": FLOOR_REL,
-            "ratios": "final / max(best_known, floor); held-out / max(oracle held-out, floor)",
-            "well_posed": f"mean training entries per row and per column >= {WELL_POSED}*r (model rank r)",
-            "wall_per_seed_s": "(solver wall + compile) / seeds of the batch (vmapped: amortised per seed)",
-            "median_seed_stop_s": "median over seeds of the batch wall time when the seed stopped, / seeds",
-        },
+        "rule": _rule(),
         "axes": plan["axes"],
         "solvers": solvers,
         "cells": cells,
@@ -688,17 +698,10 @@ def _g(x, p=3) -> str:
     return "—" if x is None else f"{x:.{p}g}"
 
 
-def markdown(m: dict) -> str:
+def _cell_table(m: dict) -> list:
+    """The map's first table: one line per (axis, value), the success counts of every solver."""
     solvers = m["solvers"]
-    partly = [c for c in m["cells_ran"] if c not in m["cells_complete"]]
-    lines = [f"# Success map ({len(m['cells_complete'])} of {len(m['cells'])} cells complete"
-             + (f", {len(partly)} partly run" if partly else "") + ")", "",
-             f"Recipe: {', '.join(f'{k}={v:g}' for k, v in m['plan']['recipe'].items())}; "
-             f"seeds {m['plan']['seeds']}, first seed {m['plan']['seed']}, step budgets {m['plan']['steps']} "
-             f"(None: run.py's default), precision 64.",
-             f"Success: {m['rule']['success']}; best_known = {m['rule']['best_known']}. "
-             f"Well-posed: {m['rule']['well_posed']} (✗: not).", "",
-             "| axis | value | rows/col train avg | 2r | well-posed | " + " | ".join(solvers) +
+    lines = ["| axis | value | rows/col train avg | 2r | well-posed | " + " | ".join(solvers) +
              " | gauss_newton successes by run |",
              "|" + "---|" * (6 + len(solvers))]
     for e in m["axes"]:
@@ -712,6 +715,20 @@ def markdown(m: dict) -> str:
         lines.append(head + f" {c['train_per_row']:.0f} / {c['train_per_col']:.0f} | {c['two_r']} | "
                      f"{'✓' if c['well_posed'] else '✗'} | " + " | ".join(_frac(c["solvers"][s]) for s in solvers) +
                      f" | {split} |")
+    return lines
+
+
+def markdown(m: dict) -> str:
+    solvers = m["solvers"]
+    partly = [c for c in m["cells_ran"] if c not in m["cells_complete"]]
+    lines = [f"# Success map ({len(m['cells_complete'])} of {len(m['cells'])} cells complete"
+             + (f", {len(partly)} partly run" if partly else "") + ")", "",
+             f"Recipe: {', '.join(f'{k}={v:g}' for k, v in m['plan']['recipe'].items())}; "
+             f"seeds {m['plan']['seeds']}, first seed {m['plan']['seed']}, step budgets {m['plan']['steps']} "
+             f"(None: run.py's default), precision 64.",
+             f"Success: {m['rule']['success']}; best_known = {m['rule']['best_known']}. "
+             f"Well-posed: {m['rule']['well_posed']} (✗: not).", ""]
+    lines += _cell_table(m)
     lines += ["", "Per run: success, median final / best-known, median held-out / oracle held-out, "
                   "wall time per seed (solver + compile, amortised over the vmapped batch), process wall time.", "",
               "| cell | solver | seeds | budget | success | final/best | val/oracle val | s per seed | process s |",
@@ -796,6 +813,176 @@ def score_runs(root: str, folders) -> str:
     return "\n".join(lines)
 
 
+def _axis_order(e: dict):
+    """Sort key of an axes entry: AXES' axis order, then the value's place in AXES (others after, by value)."""
+    names = list(AXES)
+    a = names.index(e["axis"]) if e["axis"] in names else len(names)
+    v = tuple(e["value"]) if isinstance(e["value"], list) else e["value"]
+    known = AXES.get(e["axis"], ())
+    return (a, known.index(v) if v in known else len(known), str(v))
+
+
+def combine(roots, out: str) -> dict:
+    """Several maps' saved runs as one map: each seed of each (cell, solver) from the last root that ran it.
+
+    Maps made in several sittings (other seeds, other budgets, later code)
+    answer one question together. A seed's best-known is the lowest over
+    every root (their oracles and every run on it, runs that a later root
+    replaces included), so combining can only tighten the success rule. The
+    roots must share the recipe and have drawn the same data for a seed
+    (data.json's truncated-truth train MSE); the axes are the union of the
+    roots' plans. Each (cell, solver) records which root gave which seeds, at
+    which budget. Reads files only; returns the map (map.json's content).
+    """
+    if not roots:
+        raise MapError("give one or more map folders to combine")
+    if os.path.abspath(out) in {os.path.abspath(r) for r in roots}:
+        raise MapError(f"--out {out} is one of the maps combined; give another folder")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise MapError(f"--out {out}: exists and is not a folder")
+    recipe_cell, recipe, solvers, entries, got = None, None, [], {}, {}
+    for root in roots:
+        plan_path = os.path.join(root, "plan.json")
+        if not os.path.exists(plan_path):
+            raise MapError(f"{root}: no plan.json (not a success map)")
+        plan = results.read_json(plan_path)
+        if recipe_cell is None:
+            recipe_cell, recipe = plan["recipe_cell"], plan["recipe"]
+        elif plan["recipe_cell"] != recipe_cell:
+            raise MapError(f"{root}: its recipe is {plan['recipe_cell']}, the first map's {recipe_cell}")
+        solvers += [s for s in plan["solvers"] if s not in solvers]
+        for e in plan["axes"]:
+            entries.setdefault((e["axis"], e["label"]), e)
+        for name in plan["cells"]:
+            cell_dir = os.path.join(root, "runs", name)
+            c = aggregate_cell(cell_dir, plan["solvers"])
+            if c["ran"]:
+                got.setdefault(name, []).append((root, c, results.read_json(os.path.join(cell_dir, "data.json"))))
+    axes = sorted(entries.values(), key=_axis_order)
+    cells = {}
+    for e in axes:
+        name = e["cell"]
+        if name not in got:
+            cells[name] = {"ran": False, "solvers": {s: {"state": "absent"} for s in solvers}}
+            continue
+        stats, best, floor, oracle_val = {}, {}, {}, {}
+        for root, c, data in got[name]:
+            for k, x in enumerate(data["seeds"]):
+                row = tuple(data[f][k] for f in ("truth_train_mse", "train_per_row", "train_per_col",
+                                                 "min_train_per_row", "min_train_per_col", "mean_v2_train"))
+                if x in stats and not abs(stats[x][0] - row[0]) <= 1e-8 * abs(row[0]) + 1e-3 * FLOOR_REL * row[5]:
+                    raise MapError(f"{name}: seed {x} drew other data in {root} than in an earlier map "
+                                   f"(truncated truth train MSE {row[0]:.6g} against {stats[x][0]:.6g})")
+                stats.setdefault(x, row)
+            for x, v in c["best_train_mse"].items():
+                if v is not None:
+                    best[x] = min(best.get(x, np.inf), v)
+            floor.update(c["floor"])
+            oracle_val.update({x: v for x, v in c.get("oracle_val_mse", {}).items() if v is not None})
+        out_solvers = {}
+        for s in solvers:
+            pick = {}  # seed -> (root, final train, final val, budget): the last root's run wins
+            for root, c, _ in got[name]:
+                r = c["solvers"].get(s, {})
+                if r.get("state") == "complete":
+                    for k, x in enumerate(r["seeds"]):
+                        pick[x] = (root, r["final_train_mse"][k], r["final_val_mse"][k], r["steps_budget"])
+            if not pick:
+                out_solvers[s] = {"state": "absent"}
+                continue
+            ss = sorted(pick)
+            final, val = _floats([pick[x][1] for x in ss]), _floats([pick[x][2] for x in ss])
+            fl = _floats([floor[str(x)] for x in ss])
+            ok, rel, _ = judge(final, _floats([best.get(str(x), np.inf) for x in ss]), fl)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                rel_val = val / np.maximum(_floats([oracle_val.get(str(x)) for x in ss]), fl)
+            sources = []
+            for root, _, _ in got[name]:
+                mine = [x for x in ss if pick[x][0] == root]
+                if mine:
+                    sources.append({"root": _from_root(root), "seeds": mine, "steps_budget": pick[mine[0]][3]})
+            out_solvers[s] = {"state": "complete", "seeds": ss, "final_train_mse": final.tolist(),
+                              "final_val_mse": val.tolist(), "success": ok.tolist(), "n_success": int(ok.sum()),
+                              "n_seeds": len(ss), "rate": float(ok.mean()), "median_final_over_best": _median(rel),
+                              "median_val_over_oracle_val": _median(rel_val), "sources": sources}
+        seeds = sorted(stats)
+        first = got[name][0][1]
+        per_row = float(np.mean([stats[x][1] for x in seeds]))
+        per_col = float(np.mean([stats[x][2] for x in seeds]))
+        cells[name] = {
+            "ran": True, "recipe": first["recipe"], "seeds": seeds, "train_per_row": per_row,
+            "train_per_col": per_col, "min_train_per_row": int(min(stats[x][3] for x in seeds)),
+            "min_train_per_col": int(min(stats[x][4] for x in seeds)), "two_r": first["two_r"],
+            "well_posed": bool(per_row >= first["two_r"] and per_col >= first["two_r"]),
+            "floor": {x: floor[x] for x in sorted(floor, key=int)},
+            "best_train_mse": {x: best[x] for x in sorted(best, key=int)},
+            "oracle_val_mse": {x: oracle_val[x] for x in sorted(oracle_val, key=int)},
+            "solvers": out_solvers,
+        }
+    complete = [c for c, v in cells.items() if all(r["state"] == "complete" for r in v["solvers"].values())]
+    return {
+        "plan": {"command": ["experiments/success_map.py", "combine", "--out", _from_root(out)]
+                 + [_from_root(r) for r in roots], "roots": [_from_root(r) for r in roots],
+                 "recipe": recipe, "recipe_cell": recipe_cell, "git": _git_head(),
+                 "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+        "rule": {**_rule(), "combined": "each seed's run from the last root that ran it; best_known over every root"},
+        "axes": axes,
+        "solvers": solvers,
+        "cells": cells,
+        "cells_ran": [c for c, v in cells.items() if v["ran"]],
+        "cells_complete": complete,
+        "cells_not_ran": [c for c, v in cells.items() if not v["ran"]],
+        "environment": results.environment(),
+    }
+
+
+def combined_markdown(m: dict) -> str:
+    """map.md of a combined map: the cell table, then per (cell, solver) the counts and where each seed came from."""
+    plan = m["plan"]
+    lines = [f"# Success map combined from {len(plan['roots'])} maps ({len(m['cells_complete'])} of "
+             f"{len(m['cells'])} cells with every solver)", "",
+             f"Maps, later ones first for a seed they share: {', '.join(plan['roots'])}.",
+             f"Success: {m['rule']['success']}; best_known = the lowest over every map of "
+             f"{m['rule']['best_known']}. Well-posed: {m['rule']['well_posed']} (✗: not).", ""]
+    lines += _cell_table(m)
+    lines += ["", "Per (cell, solver): success, median final / best-known, median held-out / oracle held-out, "
+                  "and which map gave which seeds at which step budget (None: run.py's default then).", "",
+              "| cell | solver | success | final/best | val/oracle val | runs |", "|---|---|---|---|---|---|"]
+    for name, c in m["cells"].items():
+        for s in m["solvers"]:
+            r = c["solvers"][s]
+            if r.get("state") != "complete":
+                lines.append(f"| {name} | {s} | not run | — | — | — |")
+                continue
+            src = "; ".join(f"{x['root']} seeds {_ranges(x['seeds'])} (budget {x['steps_budget']})"
+                            for x in r["sources"])
+            lines.append(f"| {name} | {s} | {_frac(r)} | {_g(r['median_final_over_best'], 4)} | "
+                         f"{_g(r['median_val_over_oracle_val'])} | {src} |")
+    lines += ["", f"Made by `python {' '.join(plan['command'])}` (code at {plan.get('git')}).", ""]
+    return "\n".join(lines)
+
+
+def _ranges(xs) -> str:
+    """[0, 1, 2, 5, 7, 8] as '0–2, 5, 7–8'."""
+    out, start = [], None
+    for i, x in enumerate(xs):
+        if start is None:
+            start = x
+        if i + 1 == len(xs) or xs[i + 1] != x + 1:
+            out.append(f"{start}" if start == x else f"{start}–{x}")
+            start = None
+    return ", ".join(out)
+
+
+def write_combined(roots, out: str) -> list:
+    """Combine ``roots`` into ``out``/map.json and map.md, and draw success_map.png. Returns the paths."""
+    m = combine(roots, out)
+    os.makedirs(out, exist_ok=True)
+    results.write_json(os.path.join(out, "map.json"), m)
+    results._atomic_write_bytes(os.path.join(out, "map.md"), combined_markdown(m).encode())
+    return [os.path.join(out, "map.json"), os.path.join(out, "map.md"), draw(out)]
+
+
 def parser() -> argparse.ArgumentParser:
     p = cli.Parser(prog="success_map.py", description="Success rates of every solver as the question's recipe moves.")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=cli.Parser)
@@ -819,6 +1006,9 @@ def parser() -> argparse.ArgumentParser:
     q = sub.add_parser("score", help="score finished run folders of any settings against the map's best-known")
     q.add_argument("--root", default=DEFAULT_ROOT, help="map folder (its map.json)")
     q.add_argument("runs", nargs="+", help="run.py output folders on cells of the map")
+    q = sub.add_parser("combine", help="several maps' saved runs as one map (later maps first for a shared seed)")
+    q.add_argument("--out", required=True, help="folder for the combined map.json, map.md and figure")
+    q.add_argument("roots", nargs="+", help="map folders, earliest first")
     for name, text in (("aggregate", "map.json and map.md from the saved runs, and the figure"),
                        ("plot", "success_map.png from map.json")):
         q = sub.add_parser(name, help=text)
@@ -841,6 +1031,10 @@ def main(argv=None, launcher: Callable = launch) -> int:
             return run_map(args, launcher)
         if args.cmd == "score":
             print(score_runs(args.root, args.runs))
+            return 0
+        if args.cmd == "combine":
+            for path in write_combined(args.roots, args.out):
+                print(path)
             return 0
         if args.cmd == "aggregate":
             for path in write_map(args.root):

@@ -183,6 +183,58 @@ def test_markdown_and_figure_from_map_json(hand_map, capsys):
     assert not os.path.exists(os.path.join(hand_map, "success_map.png"))
 
 
+def _second_map(root):
+    """A later sitting on the same cell: Gauss-Newton again on seeds 1–3 (seed 3 new), HALS not run."""
+    cell = os.path.join(root, "runs", "c0")
+    _data(cell, [1, 2, 3], mean_v2=[100.0] * 3, per_row=[17, 16, 30], per_col=[40, 40, 40], truth=TRUTH[1:] + [5.0])
+    # seed 1 now at 1e-9 (the first map's 1e-20 stays its best-known), seed 2 below everything known, seed 3 new
+    _run(os.path.join(cell, "gauss_newton"), "gauss_newton", [1, 2, 3], [1e-9, 1.5, 0.7], [1.0, 1.4, 0.8],
+         TRUTH[1:] + [5.0], ORACLE[1:] + [0.7], [1e-30, 2.0, 0.5], steps=9)
+    _plan(root, ["c0"], solvers=("gauss_newton",))
+
+
+def test_maps_combine_seed_by_seed_later_maps_first(hand_map, tmp_path, capsys):
+    later, out = str(tmp_path / "later"), str(tmp_path / "combined")
+    _second_map(later)
+    m = sm.combine([hand_map, later], out)
+    c = m["cells"]["c0"]
+    # best-known: the lowest over both maps, the replaced runs included
+    assert c["best_train_mse"] == {"0": 0.98, "1": 1e-30, "2": 1.5, "3": 0.7}
+    gn = c["solvers"]["gauss_newton"]
+    assert gn["seeds"] == [0, 1, 2, 3] and gn["final_train_mse"] == [0.98, 1e-9, 1.5, 0.7]
+    # seed 1 at 1e-9 is above 1.01·1e-30 + floor 1e-10: the later run fails where the earlier succeeded
+    assert gn["success"] == [True, False, True, True] and (gn["n_success"], gn["n_seeds"]) == (3, 4)
+    assert gn["sources"] == [{"root": sm._from_root(hand_map), "seeds": [0], "steps_budget": 5},
+                             {"root": sm._from_root(later), "seeds": [1, 2, 3], "steps_budget": 9}]
+    # HALS ran in the first map only: seed 0 within 1 % of 0.98, seed 1 under the floor, seed 2 diverged
+    assert c["solvers"]["hals"]["success"] == [True, True, False] and c["solvers"]["hals"]["seeds"] == [0, 1, 2]
+    # held-out over the oracle's: seed 3's oracle held-out comes from the later map
+    assert gn["median_val_over_oracle_val"] == pytest.approx(np.median([1.1, 1.0 / 1e-10, 1.4 / 2.0, 0.8 / 0.5]))
+    assert c["train_per_row"] == pytest.approx(np.mean([15, 17, 16, 30])) and c["seeds"] == [0, 1, 2, 3]
+    assert sm.main(["combine", "--out", out, hand_map, later]) == 0
+    md = open(os.path.join(out, "map.md")).read()
+    assert "| observed | 0.5 | 20 / 40 | 16 | ✓ | 3/4 | 2/3 | 0/2 | — |" in md
+    assert f"{sm._from_root(hand_map)} seeds 0 (budget 5); {sm._from_root(later)} seeds 1–3 (budget 9)" in md
+    assert os.path.exists(os.path.join(out, "success_map.png"))
+    assert sm._ranges([0, 1, 2, 5, 7, 8]) == "0–2, 5, 7–8"
+
+
+def test_combining_maps_of_other_data_is_refused(hand_map, tmp_path, capsys):
+    later, out = str(tmp_path / "later"), str(tmp_path / "combined")
+    _second_map(later)
+    for name, key in (("data.json", None), (os.path.join("gauss_newton", "summary.json"), "reference")):
+        path = os.path.join(later, "runs", "c0", name)  # seed 2 drawn from other data than in the first map,
+        d = results.read_json(path)                     # consistently within the later map
+        (d[key] if key else d)["truth_train_mse"][1] = 4.5
+        results.write_json(path, d)
+    capsys.readouterr()
+    assert sm.main(["combine", "--out", out, hand_map, later]) == 2
+    err = capsys.readouterr().err
+    assert "seed 2 drew other data" in err and err.count("\n") == 1 and not os.path.exists(out)
+    assert sm.main(["combine", "--out", hand_map, hand_map, later]) == 2
+    assert "one of the maps combined" in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------- skip, resume, redo
 
 

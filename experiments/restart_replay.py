@@ -25,6 +25,9 @@ import sys
 
 import numpy as np
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from lrfactor import results  # noqa: E402
+
 RTOL = 1e-3  # make_gauss_newton's stall_rtol
 
 
@@ -51,14 +54,11 @@ def replay(folder: str):
 
 def main(argv=None) -> int:
     runs = sys.argv[1:] if argv is None else argv
-    if not runs:
-        print("error: give one or more run folders", file=sys.stderr)
+    try:
+        results.check_finished(runs)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
-    for f in runs:
-        for name in ("history.npz", "summary.json"):
-            if not os.path.exists(os.path.join(f, name)):
-                print(f"error: {f}: no {name} (not a finished run folder)", file=sys.stderr)
-                return 2
     print("| run | steps: saved → replayed | seeds ended earlier | replayed / saved final objective: max "
           "| replayed / saved held-out MSE: min – max |")
     print("|---|---|---|---|---|")

@@ -27,6 +27,9 @@ import sys
 
 import numpy as np
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from lrfactor import results  # noqa: E402
+
 WINDOW = 10  # steps before the stall over which the least relative gradient is taken
 AT_ORACLE = 1.01  # final train MSE / oracle's at or below which a seed counts as at its oracle
 
@@ -57,15 +60,8 @@ def ended_by_rule(folder: str):
 
 def main(argv=None) -> int:
     runs = sys.argv[1:] if argv is None else argv
-    if not runs:
-        print("error: give one or more run folders", file=sys.stderr)
-        return 2
-    for f in runs:
-        for name in ("history.npz", "summary.json"):
-            if not os.path.exists(os.path.join(f, name)):
-                print(f"error: {f}: no {name} (not a finished run folder)", file=sys.stderr)
-                return 2
     try:
+        results.check_finished(runs)
         rows = [(f, *r) for f in runs for r in ended_by_rule(f)]
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

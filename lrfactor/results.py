@@ -123,6 +123,17 @@ def pick_seeds(run: dict, spec) -> list:
     return want
 
 
+def check_finished(folders, names=("history.npz", "summary.json")) -> None:
+    """Raise ValueError (one line) for the first folder lacking one of ``names``: a script reading saved runs
+    refuses before it prints anything."""
+    if not folders:
+        raise ValueError("give one or more run folders")
+    for folder in folders:
+        for name in names:
+            if not os.path.exists(os.path.join(folder, name)):
+                raise ValueError(f"{folder}: no {name} (not a finished run folder)")
+
+
 def load_finished(folder: str, seeds=None):
     """(run, config, seeds) of a finished run folder, for a script that starts from its saved factors.
 

@@ -698,23 +698,25 @@ def _g(x, p=3) -> str:
     return "—" if x is None else f"{x:.{p}g}"
 
 
-def _cell_table(m: dict) -> list:
-    """The map's first table: one line per (axis, value), the success counts of every solver."""
+def _cell_table(m: dict, by_run: bool = True) -> list:
+    """The map's first table: one line per (axis, value), the success counts of every solver (and, with
+    ``by_run``, which gauss_newton run brought each success)."""
     solvers = m["solvers"]
-    lines = ["| axis | value | rows/col train avg | 2r | well-posed | " + " | ".join(solvers) +
-             " | gauss_newton successes by run |",
-             "|" + "---|" * (6 + len(solvers))]
+    last = " gauss_newton successes by run |" if by_run else ""
+    lines = ["| axis | value | rows/col train avg | 2r | well-posed | " + " | ".join(solvers) + " |" + last,
+             "|" + "---|" * (5 + len(solvers) + by_run)]
     for e in m["axes"]:
         c = m["cells"][e["cell"]]
         head = f"| {e['axis']} | {e['label']} |"
         if "train_per_row" not in c:
-            lines.append(head + " — | — | — | " + " | ".join("not run" for _ in solvers) + " | — |")
+            lines.append(head + " — | — | — | " + " | ".join("not run" for _ in solvers) + " |"
+                         + (" — |" if by_run else ""))
             continue
         gn = c["solvers"].get("gauss_newton", {}).get("success_by_run")
         split = "—" if not gn else ", ".join(f"{k.replace('_', ' ')}: {gn[k]}" for k in sorted(gn, key=_run_order))
         lines.append(head + f" {c['train_per_row']:.0f} / {c['train_per_col']:.0f} | {c['two_r']} | "
                      f"{'✓' if c['well_posed'] else '✗'} | " + " | ".join(_frac(c["solvers"][s]) for s in solvers) +
-                     f" | {split} |")
+                     " |" + (f" {split} |" if by_run else ""))
     return lines
 
 
@@ -941,10 +943,10 @@ def combined_markdown(m: dict) -> str:
     plan = m["plan"]
     lines = [f"# Success map combined from {len(plan['roots'])} maps ({len(m['cells_complete'])} of "
              f"{len(m['cells'])} cells with every solver)", "",
-             f"Maps, later ones first for a seed they share: {', '.join(plan['roots'])}.",
+             f"Maps, in order (a seed that several ran counts from the last): {', '.join(plan['roots'])}.",
              f"Success: {m['rule']['success']}; best_known = the lowest over every map of "
              f"{m['rule']['best_known']}. Well-posed: {m['rule']['well_posed']} (✗: not).", ""]
-    lines += _cell_table(m)
+    lines += _cell_table(m, by_run=False)
     lines += ["", "Per (cell, solver): success, median final / best-known, median held-out / oracle held-out, "
                   "and which map gave which seeds at which step budget (None: run.py's default then).", "",
               "| cell | solver | success | final/best | val/oracle val | runs |", "|---|---|---|---|---|---|"]
@@ -1006,7 +1008,7 @@ def parser() -> argparse.ArgumentParser:
     q = sub.add_parser("score", help="score finished run folders of any settings against the map's best-known")
     q.add_argument("--root", default=DEFAULT_ROOT, help="map folder (its map.json)")
     q.add_argument("runs", nargs="+", help="run.py output folders on cells of the map")
-    q = sub.add_parser("combine", help="several maps' saved runs as one map (later maps first for a shared seed)")
+    q = sub.add_parser("combine", help="several maps' saved runs as one map (a seed several ran counts from the last)")
     q.add_argument("--out", required=True, help="folder for the combined map.json, map.md and figure")
     q.add_argument("roots", nargs="+", help="map folders, earliest first")
     for name, text in (("aggregate", "map.json and map.md from the saved runs, and the figure"),

@@ -213,7 +213,7 @@ def test_maps_combine_seed_by_seed_later_maps_first(hand_map, tmp_path, capsys):
     assert c["train_per_row"] == pytest.approx(np.mean([15, 17, 16, 30])) and c["seeds"] == [0, 1, 2, 3]
     assert sm.main(["combine", "--out", out, hand_map, later]) == 0
     md = open(os.path.join(out, "map.md")).read()
-    assert "| observed | 0.5 | 20 / 40 | 16 | ✓ | 3/4 | 2/3 | 0/2 | — |" in md
+    assert "| observed | 0.5 | 20 / 40 | 16 | ✓ | 3/4 | 2/3 | 0/2 |\n" in md
     assert f"{sm._from_root(hand_map)} seeds 0 (budget 5); {sm._from_root(later)} seeds 1–3 (budget 9)" in md
     assert os.path.exists(os.path.join(out, "success_map.png"))
     assert sm._ranges([0, 1, 2, 5, 7, 8]) == "0–2, 5, 7–8"

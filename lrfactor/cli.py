@@ -245,14 +245,17 @@ def report(summary: dict, out: str) -> None:
     print(f"{summary['solver']}: {len(summary['seeds'])} seeds, {summary['wall_s']:.1f} s (+{summary['compile_s']:.1f} s compile) -> {out}")
     rel = summary.get("relative", {})
 
-    def ratio(name, k, fmt):  # "—" where the reference is 0 (an exact fit), NaN in memory, null in JSON
-        v = rel[name][k]
+    def num(v, fmt):  # "—" for no number: NaN in memory, null in JSON (no held-out entries, an exact-fit reference)
         return "—" if v is None or not np.isfinite(v) else format(v, fmt)
 
+    def ratio(name, k, fmt):
+        return num(rel[name][k], fmt)
+
     for k, s in enumerate(summary["seeds"]):
-        line = f"  seed {s:4d}: steps {int(f['steps'][k]):6d}  train {f['train_mse'][k]:.4g}  val {f['val_mse'][k]:.4g}"
+        line = (f"  seed {s:4d}: steps {int(f['steps'][k]):6d}  train {num(f['train_mse'][k], '.4g')}  "
+                f"val {num(f['val_mse'][k], '.4g')}")
         if "val_wmse" in f:  # the held-out entries carry weights
-            line += f"  val weighted {f['val_wmse'][k]:.4g}"
+            line += f"  val weighted {num(f['val_wmse'][k], '.4g')}"
         if "truth_val" in rel:
             line += f"  val/theoretical {ratio('truth_val', k, '.3g')}"
         if "oracle_train" in rel:

@@ -202,6 +202,19 @@ def test_exact_fit_reference_is_reported_not_divided_by(tmp_path, capsys):
     assert "val/theoretical —" in capsys.readouterr().out
 
 
+def test_data_without_held_out_entries_runs_and_reports(tmp_path, capsys):
+    # val_mask is optional in a dense .npz: no held-out MSE to print, and the run still ends with status 0
+    rng = np.random.default_rng(0)
+    V = rng.random((12, 2)) @ rng.random((2, 8))
+    np.savez(tmp_path / "full.npz", V=V, train_mask=np.ones(V.shape, bool))
+    out = str(tmp_path / "run")
+    assert cli.main(["--solver", "gauss_newton", "--data", str(tmp_path / "full.npz"), "--rank", "2", "--seeds", "1",
+                     "--steps", "3", "--out", out, "--quiet"]) == 0
+    assert json.load(open(os.path.join(out, "summary.json")))["final"]["val_mse"] == [None]
+    line = [x for x in capsys.readouterr().out.splitlines() if x.strip().startswith("seed")][0]
+    assert "val —" in line and "train —" not in line
+
+
 def test_killed_run_resumes_to_the_same_result(tmp_path, monkeypatch):
     args = ["--solver", "gauss_newton", "--seeds", "2", "--steps", "12", "--chunk", "4"] + SMALL
     full = str(tmp_path / "full")

@@ -7,7 +7,8 @@ Per seed:
 
 1. **free**: variable projection with the factors' signs free
    (experiments/projection_probe.py ``varpro``), ``--iters`` iterations from
-   the seed's own Keras start (the start run.py draws for it);
+   the seed's own Keras start (the start run.py draws for it), or with
+   ``--from-run`` from RUN's final (stuck) factors;
 2. **complete**: its product P = W Hᵀ over the whole matrix, written as a
    dense ``.npz`` with every entry observed, and
    ``run.py --solver gauss_newton --rank r --seed S --seeds 1`` on it (the
@@ -44,6 +45,8 @@ def main() -> int:
     p.add_argument("--seeds", default=None)
     p.add_argument("--iters", type=int, default=100)
     p.add_argument("--out", required=True)
+    p.add_argument("--from-run", action="store_true",
+                   help="start the free-sign fit from RUN's final factors instead of the seed's Keras start")
     args = p.parse_args()
     import jax
 
@@ -76,8 +79,11 @@ def main() -> int:
         Wo, Ho = np.exp(np.asarray(st.params.A)), np.exp(np.asarray(st.params.B))
         fo = mse(Wo, Ho)
         thr = 1.01 * fo + 1e-12 * float(jnp.sum(M * V**2) / jnp.sum(M))
-        start = fac.init_factors(jax.random.fold_in(prep.keys[k], 1), prob, cfg.rank, cfg.init)
-        Wf, Hf = varpro(np.exp(np.asarray(start.B)), M, V, args.iters, cone=False)
+        if args.from_run:  # the run's stuck point (the map's runs are 1000 × 100: H is the shorter side)
+            H0 = np.load(os.path.join(args.run, "factors.npz"))["H"][list(run["summary"]["seeds"]).index(s)]
+        else:
+            H0 = np.exp(np.asarray(fac.init_factors(jax.random.fold_in(prep.keys[k], 1), prob, cfg.rank, cfg.init).B))
+        Wf, Hf = varpro(H0, M, V, args.iters, cone=False)
         P = np.asarray(Wf @ Hf.T)
         dist = np.linalg.norm(P - Wo @ Ho.T) / np.linalg.norm(Wo @ Ho.T)
         data = os.path.join(args.out, f"complete-seed{s}.npz")

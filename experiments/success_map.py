@@ -486,6 +486,11 @@ def _finite_or_none(x) -> Optional[float]:
     return float(x) if np.isfinite(x) else None
 
 
+def _same_data(truth: float, want: float, floor: float) -> bool:
+    """Whether two truncated-truth train MSEs of one seed say the same data were drawn (to rounding)."""
+    return abs(truth - want) <= 1e-8 * abs(want) + 1e-3 * floor
+
+
 def _median(xs) -> Optional[float]:
     xs = np.asarray(xs, float)
     xs = xs[~np.isnan(xs)]
@@ -565,7 +570,7 @@ def aggregate_cell(cell_dir: str, solvers) -> dict:
         orc, orc_val = _floats(ref["oracle_train_mse"]), _floats(ref["oracle_val_mse"])
         for k, x in enumerate(ss):
             want = data["truth_train_mse"][dpos[x]]
-            if not abs(truth[k] - want) <= 1e-8 * abs(want) + 1e-3 * floor[x]:
+            if not _same_data(truth[k], want, floor[x]):
                 raise MapError(f"{os.path.join(cell_dir, s)}: seed {x} ran on other data than data.json says "
                                f"(truncated truth train MSE {truth[k]:.6g} against {want:.6g})")
             for v in (orc[k], final[k]):
@@ -637,7 +642,7 @@ def aggregate_cell(cell_dir: str, solvers) -> dict:
         "well_posed": bool(per_row >= two_r and per_col >= two_r),
         "mean_v2_train": _median([mean_v2[x] for x in seeds]) if seeds else _median(data["mean_v2_train"]),
         "floor": {str(x): floor[x] for x in seeds},
-        "best_train_mse": {str(x): (best[x] if np.isfinite(best[x]) else None) for x in seeds},
+        "best_train_mse": {str(x): _finite_or_none(best[x]) for x in seeds},
         "oracle_val_mse": {str(x): _finite_or_none(oracle_val.get(x, np.nan)) for x in seeds},
         "solvers": out_solvers,
     }
@@ -872,7 +877,7 @@ def combine(roots, out: str) -> dict:
             for k, x in enumerate(data["seeds"]):
                 row = tuple(data[f][k] for f in ("truth_train_mse", "train_per_row", "train_per_col",
                                                  "min_train_per_row", "min_train_per_col", "mean_v2_train"))
-                if x in stats and not abs(stats[x][0] - row[0]) <= 1e-8 * abs(row[0]) + 1e-3 * FLOOR_REL * row[5]:
+                if x in stats and not _same_data(stats[x][0], row[0], FLOOR_REL * row[5]):
                     raise MapError(f"{name}: seed {x} drew other data in {root} than in an earlier map "
                                    f"(truncated truth train MSE {row[0]:.6g} against {stats[x][0]:.6g})")
                 stats.setdefault(x, row)
@@ -880,7 +885,7 @@ def combine(roots, out: str) -> dict:
                 if v is not None:
                     best[x] = min(best.get(x, np.inf), v)
             floor.update(c["floor"])
-            oracle_val.update({x: v for x, v in c.get("oracle_val_mse", {}).items() if v is not None})
+            oracle_val.update({x: v for x, v in c["oracle_val_mse"].items() if v is not None})
         out_solvers = {}
         for s in solvers:
             pick = {}  # seed -> (root, final train, final val, budget): the last root's run wins

@@ -59,6 +59,7 @@ import argparse
 import dataclasses
 import os
 import shutil
+import shlex
 import signal
 import subprocess
 import sys
@@ -208,10 +209,15 @@ def parse_per_solver(text: str, solvers, what: str, strict: bool = True) -> dict
     return {s: over.get(s, default) for s in solvers}
 
 
-def run_flags(recipe: Recipe, solver: str, seeds: int, seed: int, steps: Optional[int]) -> list:
-    """The run.py flags of one (cell, solver), output folder excluded."""
+def run_flags(recipe: Recipe, solver: str, seeds: int, seed: int, steps: Optional[int], extra=()) -> list:
+    """The run.py flags of one (cell, solver), output folder excluded; ``extra``: the map's --run-flags."""
     flags = ["--solver", solver] + recipe.flags() + ["--precision", "64", "--seeds", str(seeds), "--seed", str(seed)]
-    return flags + (["--steps", str(steps)] if steps is not None else [])
+    return flags + (["--steps", str(steps)] if steps is not None else []) + list(extra)
+
+
+def extra_fields(extra) -> tuple:
+    """The settings that the map's --run-flags name (``--update`` → ``update``)."""
+    return tuple(f[2:].replace("-", "_") for f in extra if f.startswith("--"))
 
 
 def resolved_config(flags: list):
@@ -230,13 +236,15 @@ def resolved_config(flags: list):
 MATCH = ("solver",) + RECIPE_FIELDS + ("precision", "seeds", "seed", "steps", "noise")
 
 
-def mismatch(folder: str, want) -> Optional[str]:
-    """Why the run saved in ``folder`` is not the run the map asks for, or None."""
+def mismatch(folder: str, want, also=()) -> Optional[str]:
+    """Why the run saved in ``folder`` is not the run the map asks for, or None; ``also``: more
+    settings to compare (those the map's --run-flags name)."""
     try:
         saved = results.read_json(os.path.join(folder, "config.json"))["config"]
     except (OSError, ValueError, KeyError, TypeError):
         return None  # no readable config: the run never really started, it is redone
-    diff = [f"{k}={saved.get(k)!r} (the map asks {getattr(want, k)!r})" for k in MATCH if saved.get(k) != getattr(want, k)]
+    diff = [f"{k}={saved.get(k)!r} (the map asks {getattr(want, k)!r})" for k in MATCH + tuple(also)
+            if saved.get(k) != getattr(want, k)]
     return ", ".join(diff) or None
 
 
@@ -380,16 +388,17 @@ def run_map(args, launcher: Callable = launch) -> int:
     if any(v is None for v in seeds.values()):
         raise MapError(f"--seeds {args.seeds}: give a number for every solver (N, or N,solver=M)")
     steps = parse_per_solver(args.steps or STEPS, solvers, "steps", strict=args.steps is not None)
+    extra = shlex.split(args.run_flags)
     entries, cells = plan_cells(base, axes)
     runs_dir = os.path.join(args.root, "runs")
     todo = []
     for recipe in cells:  # everything checked before anything runs or is written
         for s in solvers:
-            flags = run_flags(recipe, s, seeds[s], args.seed, steps[s])
+            flags = run_flags(recipe, s, seeds[s], args.seed, steps[s], extra)
             cfg = resolved_config(flags)
             folder = os.path.join(runs_dir, recipe.name(), s)
             state = run_state(folder)
-            why = mismatch(folder, cfg) if state in ("complete", "resumable") else None
+            why = mismatch(folder, cfg, extra_fields(extra)) if state in ("complete", "resumable") else None
             if why:
                 raise MapError(f"{folder} was run with other settings: {why}; use another --root or remove that folder")
             todo.append((recipe, s, flags, folder, state))
@@ -403,6 +412,7 @@ def run_map(args, launcher: Callable = launch) -> int:
         "seeds": seeds,
         "seed": args.seed,
         "steps": steps,
+        "run_flags": extra,
         "precision": 64,
         "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "git": _git_head(),
@@ -1007,6 +1017,8 @@ def parser() -> argparse.ArgumentParser:
         kind = float if name in ("decay", "observed") else int
         r.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None,
                        help=f"the recipe's {name} (default: run.py's)")
+    r.add_argument("--run-flags", default="",
+                   help="more run.py flags for every run, e.g. '--update additive' (saved runs must match them)")
     r.add_argument("--stop-after", type=float, default=0.0,
                    help="seconds; then the run in flight is stopped (it resumes next time) and no other starts (0: none)")
     r.add_argument("--python", default=None, help="interpreter for run.py (default this one)")

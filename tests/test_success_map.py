@@ -310,6 +310,28 @@ def test_complete_runs_are_skipped_interrupted_ones_resumed_or_redone(tmp_path, 
     assert fake.commands == [] and open(os.path.join(root, "plan.json")).read() == plan_before
 
 
+def test_run_flags_reach_every_run_and_saved_runs_must_match_them(tmp_path, capsys):
+    root = str(tmp_path / "map")
+    base = ["run", "--root", root, "--n", "30", "--m", "20", "--steps", "3", "--seeds", "2",
+            "--solvers", "gauss_newton", "--axes", "observed=0.5,0.9"]
+    fake = FakeLauncher()
+    assert sm.main(base + ["--run-flags", "--max-step 0.5"], launcher=fake) == 0
+    assert len(fake.commands) == 2
+    assert all(c[-5:-3] == ["--max-step", "0.5"] and c[-3] == "--out" for c in fake.commands)
+    assert results.read_json(os.path.join(root, "plan.json"))["run_flags"] == ["--max-step", "0.5"]
+    run = os.path.join(root, "runs", "n30-m20-k12-d2-o0.5-r8", "gauss_newton")
+    assert results.read_json(os.path.join(run, "config.json"))["config"]["max_step"] == 0.5
+    # The same map without the flags would count those runs as its own: refused, nothing runs.
+    fake.commands.clear()
+    capsys.readouterr()
+    assert sm.main(base + ["--run-flags", "--max-step 0.25"], launcher=fake) == 2
+    err = capsys.readouterr().err
+    assert "max_step=0.5 (the map asks 0.25)" in err and err.count("\n") == 1 and fake.commands == []
+    # Flags run.py refuses are refused before anything runs.
+    assert sm.main(base + ["--root", str(tmp_path / "other"), "--run-flags", "--max-step -1"], launcher=fake) == 2
+    assert "--max-step" in capsys.readouterr().err and not os.path.exists(str(tmp_path / "other"))
+
+
 def test_a_stopped_run_is_recorded_and_the_map_still_written(tmp_path):
     root = str(tmp_path / "map")
 

@@ -765,7 +765,7 @@ def markdown(m: dict) -> str:
                   f"end of each run: {min(one_min):.2f}–{max(one_min):.2f}" if one_min else "", 
               f"(other processes share the machine: {env.get('cpu_count')} CPUs); at aggregation (1, 5, 15 min): "
               f"{m['load']['at_aggregation']}. jax {env['versions'].get('jax')}, {env['devices']['kind']}.", "",
-              f"Map: `python {' '.join(m['plan'].get('command', ['?']))}` (code at {m['plan'].get('git')}); each run's "
+              f"Map: `python {shlex.join(m['plan'].get('command', ['?']))}` (code at {m['plan'].get('git')}); each run's "
               f"exact `run.py` command is in map.json (`cells.<cell>.solvers.<solver>.commands`).", ""]
     if partly:
         lines += [f"Partly run (some solvers missing or interrupted): {', '.join(partly)}.", ""]
@@ -975,7 +975,7 @@ def combined_markdown(m: dict) -> str:
                             for x in r["sources"])
             lines.append(f"| {name} | {s} | {_frac(r)} | {_g(r['median_final_over_best'], 4)} | "
                          f"{_g(r['median_val_over_oracle_val'])} | {src} |")
-    lines += ["", f"Made by `python {' '.join(plan['command'])}` (code at {plan.get('git')}).", ""]
+    lines += ["", f"Made by `python {shlex.join(plan['command'])}` (code at {plan.get('git')}).", ""]
     return "\n".join(lines)
 
 

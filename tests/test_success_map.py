@@ -319,6 +319,7 @@ def test_run_flags_reach_every_run_and_saved_runs_must_match_them(tmp_path, caps
     assert len(fake.commands) == 2
     assert all(c[-5:-3] == ["--max-step", "0.5"] and c[-3] == "--out" for c in fake.commands)
     assert results.read_json(os.path.join(root, "plan.json"))["run_flags"] == ["--max-step", "0.5"]
+    assert "--run-flags '--max-step 0.5'" in open(os.path.join(root, "map.md")).read()  # a command to paste
     run = os.path.join(root, "runs", "n30-m20-k12-d2-o0.5-r8", "gauss_newton")
     assert results.read_json(os.path.join(run, "config.json"))["config"]["max_step"] == 0.5
     # The same map without the flags would count those runs as its own: refused, nothing runs.

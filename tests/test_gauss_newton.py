@@ -280,6 +280,41 @@ def test_step_cap_bounds_every_log_space_step_and_keeps_the_direction():
     assert np.all(np.diff(F) <= 0) and F[-1] < F[0]
 
 
+def capped_run(problem, steps=60, strict=True):
+    """λ, the floor at each step's point, and F along a run whose every step the cap shortens."""
+    solver = gn.make_gauss_newton(rank=3, init="scaled", max_step=1e-3, backtrack=False, restarts=0,
+                                  schur_precision="full")
+    state = solver.init(solver.init_params(jax.random.PRNGKey(0), problem), problem, None)
+    step = jax.jit(solver.step)
+    lams, floors, F = [], [], [float(state.F)]
+    for _ in range(steps):
+        W, H = jnp.exp(state.params.A), jnp.exp(state.params.B)
+        _, omega = bk.psi_omega(layout.entry_products(problem, W, H), layout.values(problem), layout.mask(problem),
+                                "frobenius")
+        diag = jnp.concatenate([bk.row_diagonal(problem, W, H, omega).ravel(),
+                                bk.col_diagonal(problem, W, H, omega).ravel()])
+        floors.append(gn.CAPPED_LAMBDA_FLOOR * float(jnp.mean(diag)))
+        state = step(state, problem)
+        assert not strict or (bool(state.accepted) and not bool(state.done))
+        lams.append(float(state.lam))
+        F.append(float(state.F))
+    return np.array(lams), np.array(floors), np.array(F)
+
+
+def test_capped_steps_keep_lambda_above_its_floor(monkeypatch):
+    # A cap far below the Gauss-Newton step binds on every step, and every
+    # capped step is accepted with ρ near 1, so Nielsen's update alone lowers λ
+    # threefold each time.
+    problem, _ = small_problem(seed=4, n=30, m=12, true_rank=4)
+    lams, floors, F = capped_run(problem)
+    assert np.all(lams >= floors * (1 - 1e-12)) and np.all(np.diff(F) < 0)
+    assert np.isclose(lams[-1], floors[-1], rtol=1e-9)  # the floor, not Nielsen's update, sets λ at the end
+    # Without the floor λ falls far past it, to where the damped system is singular.
+    monkeypatch.setattr(gn, "CAPPED_LAMBDA_FLOOR", 0.0)
+    lams0, _, _ = capped_run(problem, strict=False)
+    assert lams0.min() < 1e-6 * floors.min()
+
+
 def test_backtracking_takes_a_fraction_of_a_rejected_step_and_nothing_else():
     problem, _ = small_problem(seed=4, n=30, m=12, true_rank=4)
     seen = {"same": 0, "backtracked": 0}

@@ -48,7 +48,9 @@ the stopping tests (:func:`converged`, the termination).
   a wild step (a finite F more than WILD times the current one: the model says
   nothing about that direction); a step whose objective is NaN or inf (exp
   overflow, the commonest wild step in log space) is backtracked.
-- ``max_step``: a cap on max|Δ| in log space, the direction kept.
+- ``max_step``: a cap on max|Δ| in log space, the direction kept. After a
+  step the cap shortened λ stays above CAPPED_LAMBDA_FLOOR × the mean
+  diagonal of JᵀΩJ.
 - ``restarts``: when a run stalls (or converges above the best value seen),
   restart from a fresh draw of the blind start and keep the best point; a
   run that converges at the best value ends the seed (:func:`with_restarts`).
@@ -86,6 +88,7 @@ SCHUR_PRECISIONS = ("mixed", "full")
 LINEAR_SOLVERS = linear.LINEAR_SOLVERS
 MIN_DIAG, MAX_DIAG = 1e-6, 1e32  # Ceres' clamp of the Marquardt diagonal
 BACKTRACK = (0.5, 0.25, 0.125)  # fractions of a rejected step tried with ``backtrack``
+CAPPED_LAMBDA_FLOOR = 1e-9  # after a capped step λ stays above this × the mean diagonal of JᵀΩJ
 WILD = 10.0  # a full step whose (finite) objective is more than WILD × F is not backtracked
 
 
@@ -331,7 +334,8 @@ def make_gauss_newton(
         # The row blocks U_i; the column blocks are left to the linear solver
         # that needs them (dense_schur), the damping needs only their diagonals.
         U = bk.row_blocks(prob, W, H, omega)
-        DX, DY = damping_diagonal(jnp.diagonal(U, axis1=1, axis2=2), bk.col_diagonal(prob, W, H, omega), damping)
+        DX0, DY0 = jnp.diagonal(U, axis1=1, axis2=2), bk.col_diagonal(prob, W, H, omega)  # diag(JᵀΩJ)
+        DX, DY = damping_diagonal(DX0, DY0, damping)
         dX = 2 * pen + state.lam * DX
         dY = 2 * pen + state.lam * DY
         # The factor penalty's Gauss-Newton term, diagonal in log space (exact zeros without one).
@@ -339,6 +343,7 @@ def make_gauss_newton(
         dX, dY = dX + fX, dY + fY
         stepX, stepY, cg_k, cg_rel = solve(prob, W, H, omega, U, dX, dY, -gX, -gY)
 
+        capped = jnp.asarray(False)
         if cap is not None:
             # A cap on the log-space step (max |Δ| ≤ cap, the direction kept;
             # cap ≤ 0: none): a factor changes by at most e^cap per iteration,
@@ -347,6 +352,7 @@ def make_gauss_newton(
             tiny = jnp.finfo(size.dtype).tiny
             shrink = jnp.where(cap > 0, jnp.minimum(1.0, cap / jnp.maximum(size, tiny)), 1.0)
             stepX, stepY = shrink * stepX, shrink * stepY
+            capped = shrink < 1
 
         # Decrease predicted by the undamped Gauss-Newton model of F.
         JD = bk.jvp(prob, W, H, stepX, stepY)
@@ -357,6 +363,11 @@ def make_gauss_newton(
         new_params = balance_if_penalised(unorient(X + stepX, Y + stepY, flip), *weights)
         F_new = F_of(new_params, problem, weights)
         ok, rho, lam, nu = trust_update(state.F, F_new, pred, state.lam, state.nu)
+        # After a step the cap shortened, λ keeps above CAPPED_LAMBDA_FLOOR × the
+        # mean diagonal of JᵀΩJ: every capped step has ρ ≈ 1 and lowers λ by 3,
+        # down to where the damped system is singular and the capped step vanishes.
+        floor = CAPPED_LAMBDA_FLOOR * jnp.mean(jnp.concatenate([DX0.ravel(), DY0.ravel()]))
+        lam = jnp.where(ok & capped, jnp.maximum(lam, floor), lam)
         dnorm = jnp.sqrt(jnp.sum(stepX**2) + jnp.sum(stepY**2))
         if backtrack:
             # A rejected step still cost a linear solve; before giving it up,

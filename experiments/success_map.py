@@ -216,8 +216,13 @@ def run_flags(recipe: Recipe, solver: str, seeds: int, seed: int, steps: Optiona
 
 
 def extra_fields(extra) -> tuple:
-    """The settings that the map's --run-flags name (``--update`` → ``update``)."""
-    return tuple(f[2:].replace("-", "_") for f in extra if f.startswith("--"))
+    """The settings that the map's --run-flags name (``--max-step`` → ``max_step``, ``--no-backtrack`` →
+    ``backtrack``, ``--seeds=4`` → ``seeds``)."""
+    from lrfactor import config as C
+
+    names = [f[2:].split("=")[0].replace("-", "_") for f in extra if f.startswith("--")]
+    names = [n[3:] if n.startswith("no_") and n not in C.FIELDS else n for n in names]
+    return tuple(n for n in names if n in C.FIELDS)
 
 
 def resolved_config(flags: list):
@@ -1018,7 +1023,7 @@ def parser() -> argparse.ArgumentParser:
         r.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None,
                        help=f"the recipe's {name} (default: run.py's)")
     r.add_argument("--run-flags", default="",
-                   help="more run.py flags for every run, e.g. '--update additive' (saved runs must match them)")
+                   help="more run.py flags for every run, e.g. '--max-step 0.5' (saved runs must match them)")
     r.add_argument("--stop-after", type=float, default=0.0,
                    help="seconds; then the run in flight is stopped (it resumes next time) and no other starts (0: none)")
     r.add_argument("--python", default=None, help="interpreter for run.py (default this one)")

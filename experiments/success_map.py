@@ -216,13 +216,15 @@ def run_flags(recipe: Recipe, solver: str, seeds: int, seed: int, steps: Optiona
 
 
 def extra_fields(extra) -> tuple:
-    """The settings that the map's --run-flags name (``--max-step`` → ``max_step``, ``--no-backtrack`` →
-    ``backtrack``, ``--seeds=4`` → ``seeds``)."""
+    """The settings that the map's --run-flags name, as run.py's parser reads them (``--max-step`` →
+    ``max_step``, ``--no-backtrack`` → ``backtrack``, ``--lambda0=0.1`` → ``lambda0``). Raises MapError."""
     from lrfactor import config as C
 
-    names = [f[2:].split("=")[0].replace("-", "_") for f in extra if f.startswith("--")]
-    names = [n[3:] if n.startswith("no_") and n not in C.FIELDS else n for n in names]
-    return tuple(n for n in names if n in C.FIELDS)
+    try:
+        args = cli.parser().parse_args(list(extra))
+    except cli.UsageError as e:
+        raise MapError(f"--run-flags: {e}") from None
+    return tuple(name for name in C.FIELDS if getattr(args, name, None) is not None)
 
 
 def resolved_config(flags: list):
@@ -394,6 +396,7 @@ def run_map(args, launcher: Callable = launch) -> int:
         raise MapError(f"--seeds {args.seeds}: give a number for every solver (N, or N,solver=M)")
     steps = parse_per_solver(args.steps or STEPS, solvers, "steps", strict=args.steps is not None)
     extra = shlex.split(args.run_flags)
+    also = extra_fields(extra)
     entries, cells = plan_cells(base, axes)
     runs_dir = os.path.join(args.root, "runs")
     todo = []
@@ -403,7 +406,7 @@ def run_map(args, launcher: Callable = launch) -> int:
             cfg = resolved_config(flags)
             folder = os.path.join(runs_dir, recipe.name(), s)
             state = run_state(folder)
-            why = mismatch(folder, cfg, extra_fields(extra)) if state in ("complete", "resumable") else None
+            why = mismatch(folder, cfg, also) if state in ("complete", "resumable") else None
             if why:
                 raise MapError(f"{folder} was run with other settings: {why}; use another --root or remove that folder")
             todo.append((recipe, s, flags, folder, state))

@@ -167,6 +167,12 @@ def balance_if_penalised(p: Factors, l2, reg=0.0) -> Factors:
     return jax.tree.map(lambda a, b: jnp.where((l2 > 0) | (reg > 0), a, b), balance_gauge(p, l2, reg), p)
 
 
+def mean_diagonal(dU, dS):
+    """The mean diagonal entry of JᵀΩJ from its row and column parts dU (n, r), dS (m, r):
+    the scale λ's start and its floor after a capped step are set against."""
+    return (jnp.sum(dU) + jnp.sum(dS)) / (dU.size + dS.size)
+
+
 def damping_diagonal(dU, dS, damping: str):
     """D as (n, r) and (m, r) from the diagonals dU (n, r), dS (m, r) of JᵀΩJ's
     blocks: ones (levenberg) or those diagonals clamped to [MIN_DIAG, MAX_DIAG] (marquardt)."""
@@ -310,8 +316,7 @@ def make_gauss_newton(
         W, H = jnp.exp(X), jnp.exp(Y)
         _, omega = bk.psi_omega(layout.entry_products(prob, W, H), layout.values(prob), layout.weights(prob), loss)
         dU, dS = bk.row_diagonal(prob, W, H, omega), bk.col_diagonal(prob, W, H, omega)
-        diag = jnp.concatenate([dU.ravel(), dS.ravel()])
-        lam = lambda0 * jnp.mean(diag)
+        lam = lambda0 * mean_diagonal(dU, dS)
         F = F_of(p, problem, (weight, fweight))
         return GNState(
             params=p, F=F, lam=lam, nu=jnp.asarray(2.0, F.dtype),
@@ -343,7 +348,6 @@ def make_gauss_newton(
         dX, dY = dX + fX, dY + fY
         stepX, stepY, cg_k, cg_rel = solve(prob, W, H, omega, U, dX, dY, -gX, -gY)
 
-        capped = jnp.asarray(False)
         if cap is not None:
             # A cap on the log-space step (max |Δ| ≤ cap, the direction kept;
             # cap ≤ 0: none): a factor changes by at most e^cap per iteration,
@@ -352,7 +356,6 @@ def make_gauss_newton(
             tiny = jnp.finfo(size.dtype).tiny
             shrink = jnp.where(cap > 0, jnp.minimum(1.0, cap / jnp.maximum(size, tiny)), 1.0)
             stepX, stepY = shrink * stepX, shrink * stepY
-            capped = shrink < 1
 
         # Decrease predicted by the undamped Gauss-Newton model of F.
         JD = bk.jvp(prob, W, H, stepX, stepY)
@@ -363,11 +366,12 @@ def make_gauss_newton(
         new_params = balance_if_penalised(unorient(X + stepX, Y + stepY, flip), *weights)
         F_new = F_of(new_params, problem, weights)
         ok, rho, lam, nu = trust_update(state.F, F_new, pred, state.lam, state.nu)
-        # After a step the cap shortened, λ keeps above CAPPED_LAMBDA_FLOOR × the
-        # mean diagonal of JᵀΩJ: every capped step has ρ ≈ 1 and lowers λ by 3,
-        # down to where the damped system is singular and the capped step vanishes.
-        floor = CAPPED_LAMBDA_FLOOR * jnp.mean(jnp.concatenate([DX0.ravel(), DY0.ravel()]))
-        lam = jnp.where(ok & capped, jnp.maximum(lam, floor), lam)
+        if cap is not None:
+            # After a step the cap shortened, λ keeps above CAPPED_LAMBDA_FLOOR × the
+            # mean diagonal of JᵀΩJ: every capped step has ρ ≈ 1 and lowers λ by 3,
+            # down to where the damped system is singular and the capped step vanishes.
+            floor = CAPPED_LAMBDA_FLOOR * mean_diagonal(DX0, DY0)
+            lam = jnp.where(ok & (shrink < 1), jnp.maximum(lam, floor), lam)
         dnorm = jnp.sqrt(jnp.sum(stepX**2) + jnp.sum(stepY**2))
         if backtrack:
             # A rejected step still cost a linear solve; before giving it up,

@@ -28,10 +28,10 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from lrfactor import results  # noqa: E402
+from lrfactor import results, success  # noqa: E402
 
 WINDOW = 10  # steps before the stall over which the least relative gradient is taken
-AT_ORACLE = 1.01  # final train MSE / oracle's at or below which a seed counts as at its oracle
+AT_ORACLE = success.FACTOR  # final train MSE / oracle's at or below which a seed counts as at its oracle
 
 
 def ended_by_rule(folder: str):

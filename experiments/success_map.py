@@ -35,19 +35,14 @@ attempt (the exact command, exit status, process wall time, load averages) and
 ``<solver>.log`` its output; ``data.json`` holds the cell's data statistics
 per seed, drawn exactly as the runs draw them.
 
-Success (per cell and seed). The best-known train MSE is the lowest of the
-oracle optimum's (summary.json ``reference``) and every solver's final train
-MSE on that seed. A run succeeds on a seed when
+Success (per cell and seed): lrfactor.success's rule, against the
+best-known train MSE, the lowest of the oracle optimum's (summary.json
+``reference``) and every solver's final train MSE on that seed:
 
     final train MSE ≤ 1.01 × best-known + FLOOR_REL × mean(V² over the training entries)
 
-The absolute floor matters where the model rank reaches the true rank: the
-noise-free truth then fits exactly, the best-known is rounding (~1e-32 ×
-mean V²) and a relative test alone would demand the same rounding from every
-solver. FLOOR_REL = 1e-12 accepts a fit whose root-mean-square error is 1e-6
-of the typical entry's magnitude; it is far below every MSE a rank-deficient
-cell attains, so it changes nothing there. Ratios (final / best, held-out /
-oracle held-out) divide by max(reference, floor) for the same reason.
+(FLOOR_REL = 1e-12; the module says why the absolute floor). Ratios (final /
+best, held-out / oracle held-out) divide by max(reference, floor).
 
 Well-posed (per cell): on average at least 2·r training entries per row and
 per column (r the model rank), counted on the drawn masks.
@@ -71,14 +66,14 @@ sys.path.insert(0, ROOT_DIR)
 
 import numpy as np  # noqa: E402
 
-from lrfactor import cli, results  # noqa: E402
+from lrfactor import cli, results, success  # noqa: E402
 
 RUN_PY = os.path.join(ROOT_DIR, "experiments", "run.py")
 DEFAULT_ROOT = os.path.join("results", "success-map")
 SOLVERS = ("gauss_newton", "hals", "adam")
 SEEDS = "8,adam=4"  # seeds per solver: a default, then solver=N overrides
 STEPS = "adam=2000"  # step budgets: solver=N overrides (others: run.py's default), or N for all
-FLOOR_REL = 1e-12  # absolute success floor, relative to mean(V²) over the training entries (see above)
+FLOOR_REL = success.FLOOR_REL  # absolute success floor, relative to mean(V²) over the training entries (see above)
 WELL_POSED = 2  # training entries per row and per column, on average, per unit of model rank
 # The axes and their values; the recipe's own value is in every list.
 AXES = {
@@ -551,12 +546,7 @@ def success_by_run(history: dict, seeds_pos: np.ndarray, threshold: np.ndarray) 
     return out
 
 
-def judge(final, best, floor):
-    """The success rule on per-seed arrays: (success, final / max(best, floor), threshold 1.01·best + floor)."""
-    thr = 1.01 * best + floor
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rel = final / np.maximum(best, floor)
-    return np.isfinite(final) & (final <= thr), rel, thr
+judge = success.judge  # (success, final / max(best, floor), threshold), per seed
 
 
 def aggregate_cell(cell_dir: str, solvers) -> dict:
@@ -669,8 +659,8 @@ def aggregate_cell(cell_dir: str, solvers) -> dict:
 def _rule() -> dict:
     return {
         "best_known": "min(oracle train MSE, every solver's final train MSE on the seed)",
-        "success": f"final train MSE <= 1.01 * best_known + {FLOOR_REL:g} * mean(V^2 over training entries)",
-        "factor": 1.01,
+        "success": f"final train MSE <= {success.FACTOR:g} * best_known + {FLOOR_REL:g} * mean(V^2 over training entries)",
+        "factor": success.FACTOR,
         "floor_rel": FLOOR_REL,
         "ratios": "final / max(best_known, floor); held-out / max(oracle held-out, floor)",
         "well_posed": f"mean training entries per row and per column >= {WELL_POSED}*r (model rank r)",

@@ -21,12 +21,13 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from lrfactor import success  # noqa: E402
 from lrfactor.results import load_run  # noqa: E402
 
 
 def first_success(history, oracle_train):
     """(step, wall_s) of the first step with train MSE ≤ 1.01 × oracle, NaN when never."""
-    ok = history["train_mse"] <= 1.01 * oracle_train[:, None]
+    ok = history["train_mse"] <= success.FACTOR * oracle_train[:, None]
     hit = ok.any(axis=1)
     idx = np.argmax(ok, axis=1)
     steps = np.where(hit, idx, np.nan)
@@ -68,8 +69,8 @@ def table(folders):
             "seeds": len(seeds),
             "budget": cfg.get("steps"),
             "precision": cfg.get("precision"),
-            "success": float(np.mean(final <= 1.01 * oracle)),
-            "within_1pct_of_best": float(np.mean(rel <= 1.01)),
+            "success": float(np.mean(final <= success.FACTOR * oracle)),
+            "within_1pct_of_best": float(np.mean(rel <= success.FACTOR)),
             "median_rel_best": float(np.median(rel)),
             "p90_rel_best": float(np.percentile(rel, 90)),
             "median_steps_to_success": float(np.nanmedian(steps)) if np.isfinite(steps).any() else None,

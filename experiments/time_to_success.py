@@ -15,6 +15,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from lrfactor import success  # noqa: E402
 from lrfactor.results import load_run  # noqa: E402
 
 
@@ -33,7 +34,7 @@ def main(argv=None):
             print(f"error: {f} ran {len(s['seeds'])} seeds; time to success needs one-seed runs", file=sys.stderr)
             return 2
         oracle = s["reference"]["oracle_train_mse"][0]
-        hit = np.nonzero(h["train_mse"][0] <= 1.01 * oracle)[0]
+        hit = np.nonzero(h["train_mse"][0] <= success.FACTOR * oracle)[0]
         n = int(s["final"]["steps"][0])
         per_it = s["wall_s"] / max(n, 1)
         if hit.size:

@@ -65,7 +65,7 @@ def main(argv=None):
         s = experiment.execute(cfg, out, progress=False, prep=prep._replace(cfg=cfg))
         rel = np.asarray(s["relative"]["oracle_train"])
         per_seed = " ".join(f"{sd}:{x:.3f}({t})" for sd, x, t in zip(a.seeds, rel, s["final"]["steps"]))
-        print(f"{name}: {int(np.sum(rel <= 1.01))}/{len(a.seeds)} within 1 % of the oracle  {per_seed}  "
+        print(f"{name}: {int(np.sum(s['success']))}/{len(a.seeds)} successes  {per_seed}  "
               f"{time.perf_counter() - t0:.0f} s", flush=True)
     return 0
 

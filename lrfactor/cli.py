@@ -21,6 +21,7 @@ import os
 import sys
 
 from lrfactor import config as C
+from lrfactor import success
 from lrfactor.config import ConfigError, RunConfig
 
 
@@ -215,7 +216,12 @@ def main(argv=None) -> int:
             report_cv(rec)
         summary = outcome.summary
     else:
-        summary = execute(cfg, out, resume=args.resume is not None, progress=not args.quiet, prep=prep)
+        try:
+            summary = execute(cfg, out, resume=args.resume is not None, progress=not args.quiet, prep=prep)
+        except KeyboardInterrupt:
+            # every finished chunk is in the folder's checkpoint; the run continues from there
+            print(f"\ninterrupted: the finished steps are saved; continue with --resume {out}", file=sys.stderr)
+            return 130
     if distributed.is_main():
         report(summary, out)
     return 0
@@ -245,14 +251,20 @@ def report(summary: dict, out: str) -> None:
     print(f"{summary['solver']}: {len(summary['seeds'])} seeds, {summary['wall_s']:.1f} s (+{summary['compile_s']:.1f} s compile) -> {out}")
     rel = summary.get("relative", {})
 
-    def num(v, fmt):  # "—" for no number: NaN in memory, null in JSON (no held-out entries, an exact-fit reference)
-        return "—" if v is None or not np.isfinite(v) else format(v, fmt)
+    def num(v, fmt, missing="—"):
+        """``missing`` for no number (NaN in memory, null in JSON: no held-out entries, an exact-fit
+        reference, a diverged run); inf as such (JSON holds it as the string "inf")."""
+        if isinstance(v, str):
+            return v
+        if v is None or np.isnan(v):
+            return missing
+        return format(v, fmt) if np.isfinite(v) else ("inf" if v > 0 else "-inf")
 
     def ratio(name, k, fmt):
         return num(rel[name][k], fmt)
 
     for k, s in enumerate(summary["seeds"]):
-        line = (f"  seed {s:4d}: steps {int(f['steps'][k]):6d}  train {num(f['train_mse'][k], '.4g')}  "
+        line = (f"  seed {s:4d}: steps {int(f['steps'][k]):6d}  train {num(f['train_mse'][k], '.4g', 'nan')}  "
                 f"val {num(f['val_mse'][k], '.4g')}")
         if "val_wmse" in f:  # the held-out entries carry weights
             line += f"  val weighted {num(f['val_wmse'][k], '.4g')}"
@@ -262,4 +274,5 @@ def report(summary: dict, out: str) -> None:
             line += f"  train/oracle {ratio('oracle_train', k, '.4g')}"
         print(line)
     if "success_rate" in summary:
-        print(f"  success (train <= 1.01 x oracle): {summary['success_rate']:.0%}")
+        print(f"  success (train <= {success.FACTOR:g} x oracle + {success.FLOOR_REL:g} x mean V^2): "
+              f"{summary['success_rate']:.0%}")

@@ -670,7 +670,8 @@ def check_out(out: str) -> None:
         if not os.path.isdir(out):
             raise ConfigError(f"--out {out}: exists and is a file, not a folder")
         if os.listdir(out):
-            raise ConfigError(f"{out}: folder exists and is not empty; use --resume {out} or another --out")
+            hint = f"--resume {out} continues it, or" if os.path.exists(os.path.join(out, "config.json")) else "use"
+            raise ConfigError(f"{out}: folder exists and is not empty; {hint} another --out")
         if not os.access(out, os.W_OK | os.X_OK):
             raise ConfigError(f"--out {out}: folder is not writable")
         return

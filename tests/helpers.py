@@ -33,8 +33,8 @@ def layout_config(**kw):
 
 
 @contextlib.contextmanager
-def killed_after_checkpoints(monkeypatch, k: int = 2):
-    """The run inside is killed (KeyboardInterrupt) right after its k-th checkpoint was saved."""
+def interrupted_after_checkpoints(monkeypatch, k: int = 2):
+    """Inside, a run is interrupted (KeyboardInterrupt, as by Ctrl-C) right after its k-th checkpoint was saved."""
     from lrfactor import experiment
 
     real = experiment._checkpoint
@@ -48,7 +48,13 @@ def killed_after_checkpoints(monkeypatch, k: int = 2):
 
     monkeypatch.setattr(experiment, "_checkpoint", dying)
     try:
-        with pytest.raises(KeyboardInterrupt):
-            yield
+        yield
     finally:
         monkeypatch.setattr(experiment, "_checkpoint", real)
+
+
+@contextlib.contextmanager
+def killed_after_checkpoints(monkeypatch, k: int = 2):
+    """The run inside is killed (KeyboardInterrupt) right after its k-th checkpoint was saved."""
+    with interrupted_after_checkpoints(monkeypatch, k), pytest.raises(KeyboardInterrupt):
+        yield

@@ -10,7 +10,7 @@ import pytest
 from lrfactor import cli, experiment
 from lrfactor.config import RunConfig
 from lrfactor.results import read_npz
-from tests.helpers import killed_after_checkpoints
+from tests.helpers import interrupted_after_checkpoints
 
 SMALL = ["--n", "40", "--m", "12", "--true-rank", "4", "--rank", "3", "--quiet"]
 
@@ -215,14 +215,15 @@ def test_data_without_held_out_entries_runs_and_reports(tmp_path, capsys):
     assert "val —" in line and "train —" not in line
 
 
-def test_killed_run_resumes_to_the_same_result(tmp_path, monkeypatch):
+def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch, capsys):
     args = ["--solver", "gauss_newton", "--seeds", "2", "--steps", "12", "--chunk", "4"] + SMALL
     full = str(tmp_path / "full")
     assert cli.main(args + ["--out", full]) == 0
 
     part = str(tmp_path / "part")
-    with killed_after_checkpoints(monkeypatch, 2):  # killed after the second chunk was saved
-        cli.main(args + ["--out", part])
+    with interrupted_after_checkpoints(monkeypatch, 2):  # Ctrl-C after the second chunk was saved
+        assert cli.main(args + ["--out", part]) == 130  # no traceback: a line that says how to go on
+    assert f"continue with --resume {part}" in capsys.readouterr().err
     assert json.load(open(os.path.join(part, "summary.json")))["complete"] is False
     assert cli.main(["--resume", part, "--quiet"]) == 0
     a, b = read_npz(os.path.join(full, "history.npz")), read_npz(os.path.join(part, "history.npz"))
@@ -238,3 +239,18 @@ def test_every_flag_has_help_from_config_comments():
     assert set(helps) == {f.name for f in dataclasses.fields(RunConfig)}
     text = cli.parser().format_help()
     assert "model rank r" in text and "--precision 32|64" in text
+
+
+def test_outputs_get_the_mode_open_would_give(tmp_path):
+    # atomic writes go through mkstemp (0600); the saved file has the umask's mode, as predictions.csv does
+    from lrfactor import results
+
+    old = os.umask(0o027)
+    try:
+        results.write_json(str(tmp_path / "a.json"), {"x": 1})
+        results.write_npz(str(tmp_path / "b.npz"), x=np.zeros(2))
+        (tmp_path / "c.txt").write_text("")
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    assert modes == {"a.json": 0o640, "b.npz": 0o640, "c.txt": 0o640}

@@ -197,7 +197,10 @@ def test_check_out(tmp_path):
     full = tmp_path / "full"
     full.mkdir()
     (full / "summary.json").write_text("{}")
-    with pytest.raises(ConfigError, match="not empty; use --resume"):
+    with pytest.raises(ConfigError, match="not empty; use another --out"):  # not a run: nothing to resume
+        C.check_out(str(full))
+    (full / "config.json").write_text("{}")
+    with pytest.raises(ConfigError, match=f"not empty; --resume {full} continues it, or another --out"):
         C.check_out(str(full))
     (tmp_path / "empty").mkdir()
     C.check_out(str(tmp_path / "empty"))
